@@ -256,6 +256,10 @@ class SSLDataModule(pl.LightningDataModule):
         return ResumableDataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, drop_last=True,
                                    collate_fn=collate_views, **self._loader_kwargs())
 
+    def train_batches_per_epoch(self, world_size: int = 1) -> int:
+        """Training batches per epoch and device (both the sampler and the loader drop the remainder)."""
+        return (self.train_size // world_size) // self.cfg.batch_size
+
     def val_dataloader(self) -> list[DataLoader]:
         """``[kNN bank, test]``, batches ``(images [B,C,H,W], labels [B])`` in a fixed order; each rank
         gets an equal shard. Empty without labels (no kNN, no probe)."""

@@ -1,0 +1,180 @@
+"""Typed schemas of the run config and its validation.
+
+Every Hydra group has a dataclass schema (the group's module owns it); ``validate_config`` merges each
+group with its schema, so an unknown key or a wrong type stops the run, then calls each schema's
+``validate`` for impossible values. Every failure is a :class:`ssl_zoo.errors.ConfigError` that names
+the dotted key, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+
+from ssl_zoo.backbones.config import BackboneConfig
+from ssl_zoo.data.config import DataConfig
+from ssl_zoo.errors import ConfigError, check
+from ssl_zoo.optim.config import OptimizerConfig, SchedulerConfig
+from ssl_zoo.transforms.config import AugmentationConfig
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+GROUPS = ("method", "backbone", "augmentation", "optimizer", "scheduler", "data", "trainer", "logger")
+PRECISIONS = ("auto", "32-true", "32", "64-true", "bf16-mixed", "16-mixed", "bf16-true", "16-true",
+              "transformer-engine")
+
+
+@dataclass
+class TrainerConfig:
+    """Passed to ``pytorch_lightning.Trainer`` (its DDP engine, precision, accumulation), plus ours."""
+
+    max_epochs: int = 100
+    max_steps: int = -1
+    accelerator: str = "auto"
+    devices: Any = 1
+    num_nodes: int = 1
+    strategy: str = "auto"
+    precision: str = "32-true"
+    accumulate_grad_batches: int = 1
+    sync_batchnorm: bool = False
+    gradient_clip_val: Optional[float] = None
+    deterministic: bool = False
+    benchmark: bool = False
+    log_every_n_steps: int = 10
+    check_val_every_n_epoch: int = 1
+    val_check_interval: Optional[float] = None
+    limit_train_batches: Optional[float] = None
+    num_sanity_val_steps: int = 0
+    # ours
+    channels_last: bool = True
+    compile: bool = False
+    checkpoint_every_n_steps: Optional[int] = None
+
+    def validate(self, prefix: str = "trainer") -> None:
+        check(self.max_epochs >= 1 or self.max_steps >= 1, f"{prefix}.max_epochs", self.max_epochs,
+              "an integer >= 1 (or set trainer.max_steps >= 1)")
+        check(self.max_steps == -1 or self.max_steps >= 1, f"{prefix}.max_steps", self.max_steps,
+              "-1 (no limit) or an integer >= 1")
+        check(self.num_nodes >= 1, f"{prefix}.num_nodes", self.num_nodes, "an integer >= 1")
+        check(self.precision in PRECISIONS, f"{prefix}.precision", self.precision, "one of: " + ", ".join(PRECISIONS))
+        check(self.accumulate_grad_batches >= 1, f"{prefix}.accumulate_grad_batches",
+              self.accumulate_grad_batches, "an integer >= 1")
+        check(self.accelerator in ("auto", "cpu", "gpu", "cuda", "mps", "tpu"), f"{prefix}.accelerator",
+              self.accelerator, "one of: auto, cpu, gpu, cuda, mps, tpu")
+        devices_ok = self.devices in ("auto", -1) or (isinstance(self.devices, int) and self.devices >= 1) \
+            or (isinstance(self.devices, (list, tuple)) and len(self.devices) > 0)
+        check(devices_ok, f"{prefix}.devices", self.devices, "an integer >= 1, a list of device ids, -1 or auto")
+        check(self.check_val_every_n_epoch >= 1, f"{prefix}.check_val_every_n_epoch",
+              self.check_val_every_n_epoch, "an integer >= 1")
+        check(self.gradient_clip_val is None or self.gradient_clip_val > 0, f"{prefix}.gradient_clip_val",
+              self.gradient_clip_val, "null or a number > 0")
+        check(self.checkpoint_every_n_steps is None or self.checkpoint_every_n_steps >= 1,
+              f"{prefix}.checkpoint_every_n_steps", self.checkpoint_every_n_steps, "null or an integer >= 1")
+
+
+@dataclass
+class LoggerConfig:
+    """Dashboards: CSV (``metrics.csv``) always, TensorBoard and wandb by choice. wandb runs offline
+    unless ``mode=online``; the API key comes from the environment (``WANDB_API_KEY``), never a config."""
+
+    name: str = "default"
+    csv: bool = True
+    tensorboard: bool = True
+    wandb: bool = False
+    project: str = "ssl_zoo"
+    entity: Optional[str] = None
+    group: Optional[str] = None
+    tags: list[str] = field(default_factory=list)
+    mode: str = "offline"
+
+    def validate(self, prefix: str = "logger") -> None:
+        check(self.mode in ("offline", "online", "disabled"), f"{prefix}.mode", self.mode,
+              "one of: offline, online, disabled")
+
+
+@dataclass
+class MonitorConfig:
+    """Evaluation during training: the weighted kNN monitor and the online linear probe."""
+
+    knn: bool = True
+    knn_k: int = 200
+    knn_temperature: float = 0.1
+    knn_baseline: bool = True  # kNN of the randomly initialised encoder, once before training
+    probe: bool = True
+    probe_lr: float = 0.1
+    probe_weight_decay: float = 0.0
+
+    def validate(self, prefix: str = "monitor") -> None:
+        check(self.knn_k >= 1, f"{prefix}.knn_k", self.knn_k, "an integer >= 1")
+        check(self.knn_temperature > 0, f"{prefix}.knn_temperature", self.knn_temperature, "a number > 0")
+        check(self.probe_lr > 0, f"{prefix}.probe_lr", self.probe_lr, "a number > 0")
+
+
+TOP_LEVEL = {"seed", "resume", "monitor", "hydra", "experiment", *GROUPS}
+
+
+def group_schemas(cfg: DictConfig) -> dict[str, type]:
+    from ssl_zoo.methods import METHODS
+
+    method_name = cfg.method.get("name") if isinstance(cfg.get("method"), DictConfig) else None
+    check(method_name in METHODS, "method.name", method_name, "one of: " + ", ".join(sorted(METHODS)))
+    return {"method": METHODS[method_name].Config, "backbone": BackboneConfig, "augmentation": AugmentationConfig,
+            "optimizer": OptimizerConfig, "scheduler": SchedulerConfig, "data": DataConfig,
+            "trainer": TrainerConfig, "logger": LoggerConfig, "monitor": MonitorConfig}
+
+
+def _allowed_keys(schema: type) -> str:
+    return "one of: " + ", ".join(f.name for f in fields(schema)) if is_dataclass(schema) else "a known key"
+
+
+def typed_group(cfg: DictConfig, group: str, schema: type) -> Any:
+    """``cfg[group]`` merged into ``schema`` and converted to the dataclass; errors name the key."""
+    node = cfg.get(group)
+    if node is None:
+        raise ConfigError(group, None, f"a '{group}' section", f"choose one with {group}=<name>")
+    try:
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), node))
+    except ConfigKeyError as e:
+        key = f"{group}.{e.full_key or e.key}"
+        raise ConfigError(key, OmegaConf.select(cfg, key, default=None), f"a known key ({_allowed_keys(schema)})",
+                          "this key does not exist: check its spelling") from None
+    except ValidationError as e:
+        key = f"{group}.{e.full_key or e.key}"
+        expected = getattr(e, "ref_type", None) or "the declared type"
+        reason = str(e).splitlines()[0]
+        raise ConfigError(key, OmegaConf.select(cfg, key, default=None),
+                          f"a value of type {getattr(expected, '__name__', expected)}", reason) from None
+    except OmegaConfBaseException as e:
+        raise ConfigError(group, "...", "a valid section", str(e).splitlines()[0]) from None
+
+
+def validate_config(cfg: DictConfig) -> dict[str, Any]:
+    """Check every group of a composed run config; return the typed group objects."""
+    for key in cfg.keys():
+        check(key in TOP_LEVEL, str(key), cfg.get(key), "a known top-level key (" + ", ".join(sorted(TOP_LEVEL)) + ")",
+              "this key does not exist: check its spelling")
+    seed = cfg.get("seed")
+    check(isinstance(seed, int) and seed >= 0, "seed", seed, "an integer >= 0")
+    typed = {}
+    for group, schema in group_schemas(cfg).items():
+        obj = typed_group(cfg, group, schema)
+        if hasattr(obj, "validate"):
+            obj.validate(group)
+        typed[group] = obj
+    _check_across_groups(typed)
+    return typed
+
+
+def _check_across_groups(typed: dict[str, Any]) -> None:
+    data, backbone, aug = typed["data"], typed["backbone"], typed["augmentation"]
+    if backbone.name.startswith("vit"):
+        check(data.image_size % backbone.patch_size == 0, "backbone.patch_size", backbone.patch_size,
+              f"a divisor of data.image_size={data.image_size}", "set backbone.patch_size or data.image_size")
+    method = typed["method"]
+    min_views = getattr(method, "min_views", 2)
+    num_views = sum(group.num for group in aug.crops)
+    check(num_views >= min_views, "augmentation.crops", f"{num_views} view(s)",
+          f"at least {min_views} views for method={method.name}")
