@@ -127,7 +127,8 @@ def train(cfg: DictConfig, run_dir: Path, extra_callbacks: list | None = None) -
         build_eval_transform(data.image_size, data.mean, data.std, data.channels),
         seed=cfg.seed,
     )
-    method = METHODS[cfg.method.name](cfg)
+    datamodule.setup("fit")  # the data sets are built once; methods with memory banks need their size
+    method = METHODS[cfg.method.name](cfg, num_train=datamodule.train_size)
     if cfg.trainer.compile:
         method.backbone.compile()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
@@ -13,18 +14,25 @@ import torch  # noqa: E402
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
-# A run small enough for a CPU test: 16 px synthetic images, 8 per batch, a narrow head.
+# A run small enough for a CPU test: 16 px synthetic images, 8 per batch.
 TINY = [
     "data=synthetic", "data.image_size=16", "data.batch_size=8", "data.val_batch_size=32", "data.num_samples=64",
     "data.num_test_samples=32", "data.num_workers=0", "trainer=cpu", "trainer.max_steps=5",
-    "trainer.max_epochs=100", "logger=csv", "method.proj_hidden_dim=32", "monitor.knn_k=5",
+    "trainer.max_epochs=100", "logger=csv", "monitor.knn_k=5",
 ]
+TINY_DIR = Path(__file__).parent / "tiny"
 
-HEADS = {
-    "simclr": ["method.proj_output_dim=16"],
-    "moco_v2": ["method.proj_output_dim=16", "method.queue_size=64"],
-    "byol": ["method.proj_output_dim=16", "method.pred_hidden_dim=32"],
-}
+
+def tiny_method(method: str) -> list[str]:
+    """Overrides that shrink ``method``'s heads for tests: ``tests/tiny/<method>.txt``, one per line.
+    Every registered method must have one (``test_every_method_has_tiny_settings``)."""
+    path = TINY_DIR / f"{method}.txt"
+    return [line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
+
+
+def tiny(method: str, *extra: str) -> list[str]:
+    """The whole override list of a tiny run of ``method``."""
+    return [f"method={method}", *TINY, *tiny_method(method), *extra]
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import HEADS, TINY
+from conftest import tiny
 
 from ssl_zoo.cli import main
 from ssl_zoo.methods import METHODS
@@ -64,7 +64,7 @@ def test_list_shows_every_group_and_choice(capsys):
 @pytest.mark.slow
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_each_method_trains_five_steps_from_the_cli(method, in_tmp):
-    assert main(["train", f"method={method}", *TINY, *HEADS[method]]) == 0
+    assert main(["train", *tiny(method)]) == 0
     (run_dir,) = [p.parent for p in (in_tmp / "outputs").glob("*/*/summary.json")]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["steps"] == 5 and summary["method"] == method
@@ -77,5 +77,4 @@ def test_each_method_trains_five_steps_from_the_cli(method, in_tmp):
 
 @pytest.mark.slow
 def test_moco_v2_with_vit_tiny_runs(in_tmp):
-    assert main(["train", "method=moco_v2", "backbone=vit_tiny", "backbone.patch_size=4", *TINY,
-                 *HEADS["moco_v2"]]) == 0
+    assert main(["train", *tiny("moco_v2", "backbone=vit_tiny", "backbone.patch_size=4")]) == 0

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import pytorch_lightning as pl
 import torch
-from conftest import HEADS, TINY
+from conftest import tiny
 
 from ssl_zoo.cli import compose
 from ssl_zoo.methods import METHODS
@@ -39,8 +39,7 @@ def last_state(run_dir: Path) -> dict:
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_stop_at_k_and_resume_equals_uninterrupted(method, in_tmp):
     # 48 samples / batch 8 = 6 steps an epoch: stopping at 4 is mid-epoch; 10 steps cross an epoch.
-    overrides = [f"method={method}", *TINY, *HEADS[method], "trainer.max_steps=10",
-                 "trainer.checkpoint_every_n_steps=1", "data.num_samples=48"]
+    overrides = tiny(method, "trainer.max_steps=10", "trainer.checkpoint_every_n_steps=1", "data.num_samples=48")
     straight = train(compose(overrides), in_tmp / "straight")
     with pytest.raises(Killed):
         train(compose(overrides), in_tmp / "resumed", extra_callbacks=[KillAfter(4)])

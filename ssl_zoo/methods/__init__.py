@@ -7,6 +7,10 @@ from ssl_zoo.methods.byol import BYOL
 from ssl_zoo.methods.moco_v2 import MoCoV2
 from ssl_zoo.methods.simclr import SimCLR
 
-METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (SimCLR, MoCoV2, BYOL)}
+METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (
+    SimCLR,
+    MoCoV2,
+    BYOL,
+)}
 
 __all__ = ["METHODS", "Method", "MethodConfig", "StepOutput"]

@@ -23,8 +23,13 @@ from ssl_zoo.optim import build_optimizer, build_scheduler, effective_batch_size
 
 @dataclass
 class MethodConfig:
-    """Fields every method has; a method's own ``Config`` subclasses this."""
+    """Fields every method has; a method's own ``Config`` subclasses this.
 
+    ``min_views`` (a class variable, not a config field): how many views the method's ``step`` needs;
+    the config check stops a run whose augmentation yields fewer.
+    """
+
+    min_views: ClassVar[int] = 2
     name: str = ""
 
 
@@ -47,8 +52,11 @@ class Method(pl.LightningModule):
     name: ClassVar[str] = ""
     Config: ClassVar[type[MethodConfig]] = MethodConfig
 
-    def __init__(self, cfg: DictConfig):
+    def __init__(self, cfg: DictConfig, num_train: int | None = None):
+        """``cfg``: the validated run config. ``num_train``: training-set size, for methods that keep one
+        entry per training image (memory banks, cluster assignments); ``None`` where unknown."""
         super().__init__()
+        self.num_train = num_train
         self.save_hyperparameters({"cfg": OmegaConf.to_container(cfg, resolve=True)})
         self.cfg = cfg
         self.hp = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(self.Config), cfg.method))

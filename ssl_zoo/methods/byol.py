@@ -46,8 +46,8 @@ class BYOL(Method):
     name = "byol"
     Config = BYOLConfig
 
-    def __init__(self, cfg):
-        super().__init__(cfg)
+    def __init__(self, cfg, num_train: int | None = None):
+        super().__init__(cfg, num_train)
         hp = self.hp
         self.projector = MLP(self.feature_dim, hp.proj_hidden_dim, hp.proj_output_dim)
         self.predictor = MLP(hp.proj_output_dim, hp.pred_hidden_dim, hp.proj_output_dim)

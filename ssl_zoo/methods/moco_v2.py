@@ -58,8 +58,8 @@ class MoCoV2(Method):
     name = "moco_v2"
     Config = MoCoV2Config
 
-    def __init__(self, cfg):
-        super().__init__(cfg)
+    def __init__(self, cfg, num_train: int | None = None):
+        super().__init__(cfg, num_train)
         hp = self.hp
         if hp.bn_splits > 1:
             convert_split_batchnorm(self.backbone, hp.bn_splits)

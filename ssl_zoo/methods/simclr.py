@@ -42,8 +42,8 @@ class SimCLR(Method):
     name = "simclr"
     Config = SimCLRConfig
 
-    def __init__(self, cfg):
-        super().__init__(cfg)
+    def __init__(self, cfg, num_train: int | None = None):
+        super().__init__(cfg, num_train)
         self.projector = MLP(self.feature_dim, self.hp.proj_hidden_dim, self.hp.proj_output_dim, num_layers=2)
 
     def step(self, views, index) -> StepOutput:
