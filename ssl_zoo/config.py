@@ -52,6 +52,7 @@ class TrainerConfig:
     channels_last: bool = True
     compile: bool = False
     checkpoint_every_n_steps: Optional[int] = None
+    skip_nonfinite: bool = False  # skip (and count) steps with a NaN/Inf loss or gradient instead of stopping
 
     def validate(self, prefix: str = "trainer") -> None:
         check(self.max_epochs >= 1 or self.max_steps >= 1, f"{prefix}.max_epochs", self.max_epochs,

@@ -9,18 +9,20 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
-import torch
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
+from pytorch_lightning.callbacks import LearningRateMonitor, RichProgressBar
 
-from ssl_zoo.callbacks import KNNMonitor, OnlineLinearProbe, ProgressLines, RNGState
+from ssl_zoo.callbacks import KNNMonitor, NonFiniteGuard, OnlineLinearProbe, ProgressLines, RNGState
+from ssl_zoo.callbacks.checkpoint import checkpoint_callbacks
+from ssl_zoo.checkpoint_io import AtomicCheckpointIO, safe_torch_load
 from ssl_zoo.config import validate_config
 from ssl_zoo.data import SSLDataModule
-from ssl_zoo.errors import CheckpointError
+from ssl_zoo.errors import CheckpointError, check
 from ssl_zoo.methods import METHODS
 from ssl_zoo.precision import resolve_precision
 from ssl_zoo.run_dir import config_hash
 from ssl_zoo.transforms import build_eval_transform, build_view_transform
+from ssl_zoo.transforms.batched import BatchedViews, RawImage
 
 _TRAINER_KEYS = ("max_epochs", "max_steps", "accelerator", "devices", "num_nodes", "strategy", "precision",
                  "accumulate_grad_batches", "sync_batchnorm", "gradient_clip_val", "deterministic", "benchmark",
@@ -66,16 +68,17 @@ def resolve_checkpoint(resume: str | None, run_dir: Path, method_name: str) -> s
     if resume in (None, "", "null"):
         return None
     path = run_dir / "checkpoints" / "last.ckpt" if resume == "auto" else Path(resume)
-    if resume == "auto":
-        return str(path) if path.exists() else None
+    if resume == "auto" and not path.exists():
+        return None
     if not path.is_file():
         raise CheckpointError(f"resume={resume!r}: no such checkpoint file; give the path of a .ckpt "
                               "(e.g. outputs/<date>/<time>/checkpoints/last.ckpt) or resume=auto")
+    ckpt = safe_torch_load(path)  # weights_only: a crafted pickle is refused, never run
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
         trained = ckpt["hyper_parameters"]["cfg"]["method"]["name"]
-    except Exception as e:  # noqa: BLE001 - any unreadable file gets the same one-line answer
-        raise CheckpointError(f"resume={resume!r} is not a readable ssl_zoo checkpoint ({type(e).__name__})") from None
+    except (KeyError, TypeError):
+        raise CheckpointError(f"resume={resume!r} is not an ssl_zoo checkpoint (no method config in it): "
+                              "give a .ckpt written by ssl-zoo train or start a fresh run") from None
     if trained != method_name:
         raise CheckpointError(f"resume={resume!r} holds a method={trained} run, not method={method_name}: "
                               f"resume it with method={trained} or start a fresh run")
@@ -90,21 +93,10 @@ def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list, loggers: list
     interactive = sys.stdout.isatty()
     callbacks = [*callbacks, RichProgressBar() if interactive else ProgressLines()]
     # Our sampler splits data across ranks itself (and resumes mid-epoch), so Lightning must not swap it.
+    # Atomic, fsync-ed checkpoint writes (a kill leaves the previous one whole) and weights_only loads.
     return pl.Trainer(**kwargs, default_root_dir=str(run_dir), callbacks=callbacks, logger=loggers or False,
-                      use_distributed_sampler=False, enable_model_summary=False, enable_progress_bar=interactive)
-
-
-def checkpoint_callbacks(dirpath: Path, every_n_steps: int | None, best_by_knn: bool) -> list[ModelCheckpoint]:
-    """``last.ckpt``: every ``every_n_steps`` optimizer steps (mid-epoch, for preemptible machines) or
-    else at each epoch end; ``best.ckpt``: the highest kNN top-1, written when validation measures it.
-    Two callbacks, because a monitored checkpoint skips its step-interval saves while the metric is absent."""
-    last = ModelCheckpoint(dirpath=str(dirpath), filename="last", monitor=None, save_top_k=1,
-                           every_n_train_steps=every_n_steps, enable_version_counter=False)
-    if not best_by_knn:
-        return [last]
-    best = ModelCheckpoint(dirpath=str(dirpath), filename="best", monitor="val/knn_top1", mode="max", save_top_k=1,
-                           auto_insert_metric_name=False, enable_version_counter=False)
-    return [last, best]
+                      plugins=[AtomicCheckpointIO()], use_distributed_sampler=False, enable_model_summary=False,
+                      enable_progress_bar=interactive)
 
 
 def train(cfg: DictConfig, run_dir: Path, extra_callbacks: list | None = None) -> dict[str, Any]:
@@ -112,21 +104,26 @@ def train(cfg: DictConfig, run_dir: Path, extra_callbacks: list | None = None) -
     started = time.time()
     quiet_third_party_noise()
     typed = validate_config(cfg)
+    ckpt_path = resolve_checkpoint(cfg.resume, run_dir, cfg.method.name)  # before anything is written
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg_hash = config_hash(cfg)
     (run_dir / "run.json").write_text(json.dumps({"config_hash": cfg_hash, "method": cfg.method.name,
                                                   "argv": sys.argv[1:]}, indent=2))
     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
-    ckpt_path = resolve_checkpoint(cfg.resume, run_dir, cfg.method.name)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
 
     data = typed["data"]
-    datamodule = SSLDataModule(
-        data,
-        build_view_transform(typed["augmentation"], data.image_size, data.mean, data.std, data.channels),
-        build_eval_transform(data.image_size, data.mean, data.std, data.channels),
-        seed=cfg.seed,
-    )
+    aug = typed["augmentation"]
+    eval_transform = build_eval_transform(data.image_size, data.mean, data.std, data.channels)
+    if aug.backend == "batched":
+        check(data.name != "imagefolder", "augmentation.backend", aug.backend,
+              "pil for data=imagefolder", "the batched backend needs same-size images held in memory")
+        datamodule = SSLDataModule(data, RawImage(data.channels), eval_transform, seed=cfg.seed,
+                                   batch_transform=BatchedViews(aug, data.image_size, data.mean, data.std,
+                                                                data.channels))
+    else:
+        views = build_view_transform(aug, data.image_size, data.mean, data.std, data.channels)
+        datamodule = SSLDataModule(data, views, eval_transform, seed=cfg.seed)
     datamodule.setup("fit")  # the data sets are built once; methods with memory banks need their size
     method = METHODS[cfg.method.name](cfg, num_train=datamodule.train_size)
     if cfg.trainer.compile:
@@ -134,7 +131,8 @@ def train(cfg: DictConfig, run_dir: Path, extra_callbacks: list | None = None) -
 
     monitor, labelled = typed["monitor"], data.num_classes is not None and data.labelled
     knn = KNNMonitor(data.num_classes, monitor.knn_k, monitor.knn_temperature) if labelled and monitor.knn else None
-    callbacks: list = [RNGState(), LearningRateMonitor(logging_interval="step")]
+    callbacks: list = [RNGState(), LearningRateMonitor(logging_interval="step"),
+                       NonFiniteGuard(cfg.trainer.skip_nonfinite, run_dir / "checkpoints" / "last.ckpt")]
     callbacks += checkpoint_callbacks(run_dir / "checkpoints", cfg.trainer.checkpoint_every_n_steps,
                                       best_by_knn=bool(knn))
     if knn:
@@ -149,7 +147,7 @@ def train(cfg: DictConfig, run_dir: Path, extra_callbacks: list | None = None) -
         knn.measuring_baseline = True
         trainer.validate(method, datamodule=datamodule, verbose=False)
         knn.measuring_baseline = False
-    trainer.fit(method, datamodule=datamodule, ckpt_path=ckpt_path)
+    trainer.fit(method, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     if knn and knn.last_step != trainer.global_step:
         trainer.validate(method, datamodule=datamodule, verbose=False)
 

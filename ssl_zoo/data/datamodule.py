@@ -199,15 +199,28 @@ class SSLDataModule(pl.LightningDataModule):
     """Training batches ``(views, labels, index)`` and validation loaders ``[kNN bank, test]``.
 
     ``train_transform``: PIL.Image -> list of view tensors; ``eval_transform``: PIL.Image -> Tensor[C,H,W].
-    ``seed`` fixes the data order, the augmentations and the evaluation subsets.
+    ``seed`` fixes the data order, the augmentations and the evaluation subsets. With a
+    ``batch_transform`` (the batched augmentation backend), ``train_transform`` only turns each image
+    into a uint8 tensor and ``batch_transform(images, item_seeds)`` makes the views of the whole batch
+    on the device, after the transfer.
     """
 
     def __init__(self, cfg: DataConfig, train_transform: ViewTransform,
-                 eval_transform: Callable[[Image.Image], Tensor], seed: int):
+                 eval_transform: Callable[[Image.Image], Tensor], seed: int,
+                 batch_transform: Callable[[Tensor, list[int]], list[Tensor]] | None = None):
         super().__init__()
         self.cfg, self.seed = cfg, seed
         self.train_transform, self.eval_transform = train_transform, eval_transform
+        self.batch_transform = batch_transform
         self._splits: Splits | None = None
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        if self.batch_transform is None or self.trainer is None or not self.trainer.training:
+            return batch
+        (images,), labels, index = batch
+        epoch = self.trainer.current_epoch  # the sampler's epoch: Lightning sets it from this counter
+        seeds = [item_seed(self.seed, epoch, int(i)) for i in index.tolist()]
+        return self.batch_transform(images, seeds), labels, index
 
     def setup(self, stage: str | None = None) -> None:
         """Build the data sets once; later calls (Lightning calls it per stage) reuse the arrays."""

@@ -18,6 +18,7 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationE
 from ssl_zoo.errors import ConfigError, check
 
 INTERPOLATIONS = ("bilinear", "bicubic")
+BACKENDS = ("pil", "batched")
 
 
 def _check_prob(value: float, key: str) -> None:
@@ -105,8 +106,12 @@ class AugmentationConfig:
 
     name: str = "simclr"
     crops: list[CropGroupConfig] = field(default_factory=lambda: [CropGroupConfig()])
+    # pil: torchvision per image in the loader workers; batched: the whole batch on the device after the
+    # loader (ssl_zoo/transforms/batched.py), for data sets of same-size images held in memory
+    backend: str = "pil"
 
     def validate(self, prefix: str = "augmentation") -> None:
+        check(self.backend in BACKENDS, f"{prefix}.backend", self.backend, "one of: " + ", ".join(BACKENDS))
         check(len(self.crops) >= 1, f"{prefix}.crops", list(self.crops), "at least one crop group")
         for i, group in enumerate(self.crops):
             group.validate(f"{prefix}.crops[{i}]")

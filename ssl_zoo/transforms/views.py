@@ -5,8 +5,10 @@ optional operations) comes from torch's global CPU generator, which the data lay
 so the views of an image are a pure function of (seed, epoch, index). Python's ``random`` and NumPy
 are never used.
 
-The photometric operations run on the PIL image (8-bit, like the PyTorch code of MoCo, SwAV and
-DINO); the image becomes a float tensor only at the end, for normalisation.
+The photometric operations run on the 8-bit PIL image, as in the PyTorch code of MoCo (He et al.
+2019), SwAV and DINO (Caron et al. 2020, 2021); SimCLR and BYOL (Chen et al. 2020; Grill et al. 2020)
+work on float images, a difference of at most one 8-bit level per operation. The image becomes a float
+tensor only at the end, for normalisation.
 """
 
 from __future__ import annotations
