@@ -1,7 +1,15 @@
 """The ``ssl-zoo`` command.
 
     ssl-zoo train [overrides...]          one run (Hydra overrides: method=byol optimizer.lr=0.5 ...)
-    ssl-zoo train -m [overrides...]       a sweep (Hydra multirun: method=simclr,byol)
+    ssl-zoo train -m [overrides...]       a sweep (Hydra multirun: method=simclr,byol; hydra/sweeper=knn_optuna)
+    ssl-zoo eval knn|linear|finetune|fewshot ckpt=<path> [data=...] [eval.<key>=...]
+                                          evaluate a checkpoint; results appended to <run dir>/eval.jsonl
+    ssl-zoo export ckpt=<path> out=<file> [format=timm|torchvision]
+                                          the backbone's weights alone, for timm or torchvision
+    ssl-zoo embed ckpt=<path> out=<file.pt|.npz|.npy> [data=...] [eval.split=test|train]
+                                          features with their labels and data-set indices
+    ssl-zoo results [outputs/] [protocol=all|best|knn|...] [csv=<file>]
+                                          leaderboard of every run found (Markdown printed, CSV written)
     ssl-zoo list                          every config group and its choices
 
 Bad input (an unknown choice or key, a wrong type, an impossible value, a missing data set or
@@ -43,8 +51,8 @@ def check_group_choices(overrides: list[str]) -> None:
                                   + ", ".join(choices(group)) + "  (see `ssl-zoo list`)")
 
 
-def compose(overrides: list[str]):
-    """The run config for ``overrides`` (no Hydra run directory is created)."""
+def compose(overrides: list[str], config_name: str = "train"):
+    """The ``config_name`` config for ``overrides`` (no Hydra run directory is created)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.errors import HydraException
@@ -52,7 +60,7 @@ def compose(overrides: list[str]):
 
     try:
         with initialize_config_dir(str(conf_dir()), version_base="1.3"):
-            return hydra_compose("train", overrides=[o for o in overrides if not o.startswith("hydra")])
+            return hydra_compose(config_name, overrides=[o for o in overrides if not o.startswith("hydra")])
     except (HydraException, OmegaConfBaseException) as e:
         message = " ".join(str(e).split())
         raise SSLZooError(f"bad override: {message}") from None
@@ -62,20 +70,29 @@ def _hydra_main(argv: list[str]) -> None:
     """Run the training task under Hydra (run directory, logging, multirun sweeps and launchers)."""
     import hydra
     from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from omegaconf import open_dict
 
     @hydra.main(config_path=str(conf_dir()), config_name="train", version_base="1.3")
     def task(cfg) -> float | None:
         from ssl_zoo.train import train
 
+        hydra_cfg = HydraConfig.get()
+        if hydra_cfg.mode == RunMode.MULTIRUN and cfg.logger.get("group") is None:
+            # the runs of one sweep share a wandb group: the sweep's directory name (<date>/<time>-multirun)
+            with open_dict(cfg):
+                cfg.logger.group = "/".join(Path(hydra_cfg.sweep.dir).parts[-2:])
         try:
-            summary = train(cfg, Path(HydraConfig.get().runtime.output_dir))
+            summary = train(cfg, Path(hydra_cfg.runtime.output_dir))
         except SSLZooError as e:
             print(f"error: {e}", file=sys.stderr)
             raise SystemExit(2) from None
         return summary.get("knn_top1")  # the value a sweeper maximises
 
     saved = sys.argv
-    sys.argv = ["ssl-zoo train", *argv]
+    # Hydra reads its overrides from sys.argv[1:]. Lightning's DDP launcher starts every other rank by running
+    # sys.argv again (``python <argv[0]>`` or ``python -m <module>``), so argv[0] stays the real program.
+    sys.argv = [saved[0] if saved else "ssl-zoo", *argv]
     try:
         task()
     finally:
@@ -116,7 +133,113 @@ def cmd_list(args: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "list": cmd_list}
+def key_values(args: list[str], allowed: tuple[str, ...], command: str) -> dict[str, str]:
+    """``key=value`` arguments of the commands that take no Hydra overrides; a stray one is an error."""
+    out = {}
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        if not sep or key not in allowed:
+            expected = ", ".join(f"{k}=..." for k in allowed)
+            raise SSLZooError(f"{command}: {arg!r} is not an argument: expected {expected}")
+        out[key] = value
+    return out
+
+
+def compose_eval(protocol: str, overrides: list[str]):
+    """The eval job and the typed ``eval`` settings of ``protocol`` for ``overrides``.
+
+    ``data=<name>`` picks another data set; ``data.<key>=<value>`` changes one field of it or, without
+    ``data=``, of the checkpoint's own data config.
+    """
+    from omegaconf import OmegaConf
+
+    from ssl_zoo.config import typed_group
+    from ssl_zoo.errors import ConfigError
+    from ssl_zoo.eval.protocols import PROTOCOLS, make_job
+
+    for arg in overrides:
+        if "=" not in arg:
+            raise SSLZooError(f"{arg!r} is not an override: write key=value, e.g. ckpt=outputs/<date>/<time>/"
+                              "checkpoints/best.ckpt")
+    check_group_choices(overrides)
+    picks_data = any(o.startswith("data=") for o in overrides)
+    data_fields = [o for o in overrides if o.startswith("data.")] if not picks_data else []
+    rest = [o for o in overrides if o not in data_fields and not o.startswith("eval=")]
+    cfg = compose([f"eval={protocol}", *rest], config_name="eval")
+    if OmegaConf.is_missing(cfg, "ckpt") or not cfg.ckpt:
+        raise ConfigError("ckpt", None, "the path of a checkpoint",
+                          "e.g. ckpt=outputs/<date>/<time>/checkpoints/best.ckpt")
+    settings = typed_group(cfg, "eval", PROTOCOLS[protocol])
+    settings.validate("eval")
+    data_overrides = OmegaConf.to_container(OmegaConf.from_dotlist([o[len("data."):] for o in data_fields]))
+    data_node = OmegaConf.to_container(cfg.data, resolve=True) if cfg.get("data") is not None else None
+    job = make_job(str(cfg.ckpt), data_node, data_overrides, cfg.seed, str(cfg.device), bool(cfg.cache),
+                   cfg.get("results"))
+    return job, settings, cfg
+
+
+def cmd_eval(args: list[str]) -> int:
+    from ssl_zoo.eval.protocols import RUNNERS, append_result, describe
+
+    if not args or args[0] not in RUNNERS:
+        given = repr(args[0]) if args else "nothing"
+        raise SSLZooError(f"eval needs a protocol first, got {given}: choose one of: " + ", ".join(RUNNERS)
+                          + "  (ssl-zoo eval knn ckpt=<path>)")
+    protocol = args[0]
+    job, settings, _ = compose_eval(protocol, args[1:])
+    for line in RUNNERS[protocol](job, settings):
+        append_result(job, line)
+        print(describe(line))
+    print(f"results appended to {job.results_file}")
+    return 0
+
+
+def cmd_embed(args: list[str]) -> int:
+    from ssl_zoo.eval.protocols import run_embed
+
+    job, settings, cfg = compose_eval("embed", args)
+    path = run_embed(job, settings, cfg.get("out"))
+    print(f"wrote {path} ({settings.split} split of {job.data.name})")
+    return 0
+
+
+def cmd_export(args: list[str]) -> int:
+    from ssl_zoo.errors import ConfigError
+    from ssl_zoo.eval.export import export_to_file
+
+    kv = key_values(args, ("ckpt", "out", "format"), "export")
+    for key in ("ckpt", "out"):
+        if not kv.get(key):
+            raise ConfigError(key, None, "a path", "ssl-zoo export ckpt=<run>/checkpoints/best.ckpt out=backbone.pt")
+    snippet = export_to_file(kv["ckpt"], kv["out"], kv.get("format"))
+    print(f"wrote {kv['out']}; load it with:\n{snippet}")
+    return 0
+
+
+def cmd_results(args: list[str]) -> int:
+    from ssl_zoo.eval.results import PROTOCOL_CHOICES, leaderboard, to_markdown, write_csv
+
+    roots = [a for a in args if "=" not in a]
+    kv = key_values([a for a in args if "=" in a], ("protocol", "csv"), "results")
+    protocol = kv.get("protocol", "best")
+    if protocol not in PROTOCOL_CHOICES:
+        from ssl_zoo.errors import ConfigError
+
+        raise ConfigError("protocol", protocol, "one of: " + ", ".join(PROTOCOL_CHOICES))
+    root = Path(roots[0]) if roots else Path("outputs")
+    if len(roots) > 1 or not root.is_dir():
+        raise SSLZooError(f"results: {' '.join(roots) or str(root)!r} is not one folder of runs: "
+                          "give the folder holding the run directories (default outputs/)")
+    rows = leaderboard(root, protocol)
+    csv_file = Path(kv.get("csv") or root / "results.csv")
+    write_csv(rows, csv_file)
+    print(to_markdown(rows))
+    print(f"\n{len(rows)} row(s); CSV written to {csv_file}")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "export": cmd_export, "embed": cmd_embed,
+            "results": cmd_results, "list": cmd_list}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -125,6 +248,9 @@ def main(argv: list[str] | None = None) -> int:
         print(USAGE)
         return 0
     command, rest = argv[0], argv[1:]
+    if command not in COMMANDS and "=" in command and os.environ.get("LOCAL_RANK"):
+        # A rank that Lightning's DDP launcher started: it passes the training overrides without the command.
+        command, rest = "train", argv
     if command not in COMMANDS:
         print(f"error: unknown command {command!r}: choose one of: {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
