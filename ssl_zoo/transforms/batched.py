@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -188,9 +189,7 @@ class RawImage:
         self.mode = "L" if channels == 1 else "RGB"
 
     def __call__(self, img) -> list[Tensor]:
-        import numpy as np
-
         img = img.convert(self.mode) if img.mode != self.mode else img
-        array = np.asarray(img, dtype=np.uint8)
+        array = np.array(img, dtype=np.uint8)  # a writable copy: torch refuses to wrap read-only buffers
         array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
         return [torch.from_numpy(np.ascontiguousarray(array))]
