@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import torch
 
-from ssl_zoo.losses.clustering import sinkhorn, swav_loss
+from ssl_zoo.losses.clustering import local_aggregation_loss, sinkhorn, swav_loss
 
 B, K = 8, 5
 
@@ -199,3 +199,42 @@ def test_swav_loss_rejects_more_codes_than_views():
     logits = [_scores(60), _scores(61)]
     with pytest.raises(ValueError):
         swav_loss(logits, [sinkhorn(x) for x in logits + logits[:1]])
+
+
+def _local_aggregation_reference(similarities: torch.Tensor, close: torch.Tensor, temperature: float) -> float:
+    """-log P(C ∩ B) / P(B) literally: unnormalised probabilities summed over each set, rows without a
+    close background neighbour left out of the mean."""
+    total, rows = 0.0, 0
+    for s_row, c_row in zip(similarities.tolist(), close.tolist()):
+        p_background = sum(math.exp(s / temperature) for s in s_row)
+        p_close = sum(math.exp(s / temperature) for s, c in zip(s_row, c_row) if c)
+        if p_close > 0:
+            total += -math.log(p_close / p_background)
+            rows += 1
+    return total / rows
+
+
+def test_local_aggregation_loss_matches_loop_reference():
+    g = torch.Generator().manual_seed(0)
+    sims = torch.rand(6, 10, generator=g, dtype=torch.float64) * 2 - 1
+    close = torch.rand(6, 10, generator=g) < 0.3
+    close[:, 0] = True
+    close[5] = False  # a row with no close neighbour among its background: left out
+    for t in (0.07, 0.5):
+        expected = _local_aggregation_reference(sims, close, t)
+        assert math.isclose(local_aggregation_loss(sims, close, t).item(), expected, rel_tol=1e-12)
+
+
+def test_local_aggregation_loss_is_zero_when_every_background_neighbour_is_close_and_pulls_close_ones_in():
+    sims = torch.randn(4, 8, dtype=torch.float64, requires_grad=True)
+    assert local_aggregation_loss(sims, torch.ones(4, 8, dtype=torch.bool)).abs().item() < 1e-12
+    close = torch.zeros(4, 8, dtype=torch.bool)
+    close[:, :2] = True
+    local_aggregation_loss(sims, close).backward()
+    assert (sims.grad[:, :2] < 0).all() and (sims.grad[:, 2:] > 0).all()  # descent raises close, lowers others
+
+
+def test_local_aggregation_loss_is_finite_at_low_temperature():
+    sims = torch.tensor([[1.0, -1.0, 0.99]], dtype=torch.float32)
+    loss = local_aggregation_loss(sims, torch.tensor([[False, True, False]]), temperature=0.01)
+    assert torch.isfinite(loss) and loss.item() > 100

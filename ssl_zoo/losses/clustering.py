@@ -1,4 +1,5 @@
-"""Clustering losses: SwAV's Sinkhorn-Knopp codes and swapped prediction (Caron et al. 2020)."""
+"""Clustering losses: SwAV's Sinkhorn-Knopp codes and swapped prediction (Caron et al. 2020), and the
+Local Aggregation objective (Zhuang et al. 2019)."""
 
 from __future__ import annotations
 
@@ -98,3 +99,30 @@ def swav_loss(logits: Sequence[Tensor], codes: Sequence[Tensor], temperature: fl
         total = total + torch.stack(per_view).mean()
     return total / n_codes
 
+
+
+def local_aggregation_loss(similarities: Tensor, close: Tensor, temperature: float = 0.07) -> Tensor:
+    """Local Aggregation's objective (Zhuang et al. 2019, eq. 3 and 4): -log P(C ∩ B | v) / P(B | v).
+
+    ``similarities``: [N, K] cosine similarities v·v_j between each embedding and its K background
+    neighbours B (memory-bank entries); ``close``: [N, K] bool, whether neighbour j is also a close
+    neighbour (j ∈ C). With P(A | v) = Σ_{j ∈ A} exp(v·v_j / T) / Z, the normaliser Z cancels:
+
+        loss_i = logsumexp_{j ∈ B_i} (s_ij / T) - logsumexp_{j ∈ C_i ∩ B_i} (s_ij / T)
+
+    averaged over the rows whose C ∩ B is not empty (the others have no gradient in the reference
+    either, whose ratio is 0 there). Instance recognition is the special case C_i = {i}.
+    """
+    if similarities.dim() != 2 or close.shape != similarities.shape:
+        raise ValueError(f"similarities [N, K] and close [N, K] must match, got {tuple(similarities.shape)} "
+                         f"and {tuple(close.shape)}")
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    logits = similarities / temperature
+    close = close.bool()
+    log_background = torch.logsumexp(logits, dim=1)
+    log_close = torch.logsumexp(logits.masked_fill(~close, float("-inf")), dim=1)
+    valid = close.any(dim=1)
+    if not valid.any():
+        return logits.sum() * 0.0
+    return (log_background - log_close)[valid].mean()
