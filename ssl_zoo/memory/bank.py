@@ -1,0 +1,87 @@
+"""A memory bank: one L2-normalised feature vector per training image (InstDisc, PIRL, Local Aggregation).
+
+Wu et al. (2018) keep v_i for each of the n training images, contrast a sample's feature against its
+own entry (the positive) and entries drawn uniformly (noise), and after the loss move the batch's
+entries towards the new features: v_i ← normalize(m·v_i + (1 - m)·f_i), m = 0.5. PIRL (Misra & van der
+Maaten 2019) keeps the features of the untransformed images the same way; Local Aggregation (Zhuang
+et al. 2019) reads neighbours and clusters off the whole bank (:meth:`MemoryBank.all`).
+
+State (the rows and each NCE objective's log Z) is in registered buffers, so a checkpoint holds it and
+a resumed run continues with the same bank. The bank does no collective work of its own except the
+one-off averaging of log Z: under data parallelism the caller passes *gathered* indices and features
+to :meth:`MemoryBank.update`, so every rank holds the same bank.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+from ssl_zoo.distributed import all_reduce_mean
+from ssl_zoo.losses.contrastive import estimate_nce_normaliser
+
+
+class MemoryBank(nn.Module):
+    """``size`` rows of dimension ``dim`` [n, D], one per training image, indexed by dataset index.
+
+    Rows start as random unit vectors (InstDisc's code draws them uniformly; any random unit vectors
+    serve). ``momentum``: the weight of the old row in :meth:`update` (0 replaces it). ``num_normalisers``:
+    how many NCE objectives keep their own log Z (Wu et al. 2018, eq. 5) against this bank; each is NaN
+    until :meth:`normaliser` estimates it at the first step, then fixed.
+    """
+
+    frozen_in_overfit_test = True  # a fixed-batch overfit would write its own positives into the bank
+
+    def __init__(self, size: int, dim: int, momentum: float = 0.5, num_normalisers: int = 1):
+        super().__init__()
+        if size < 1 or dim < 1:
+            raise ValueError(f"a memory bank needs size >= 1 and dim >= 1, got {size} and {dim}")
+        if not 0.0 <= momentum < 1.0:
+            raise ValueError(f"memory-bank momentum must be in [0, 1), got {momentum}")
+        if num_normalisers < 0:
+            raise ValueError(f"num_normalisers must be >= 0, got {num_normalisers}")
+        self.momentum = momentum
+        self.register_buffer("bank", F.normalize(torch.randn(size, dim), dim=1))
+        self.register_buffer("log_z", torch.full((num_normalisers,), float("nan")))
+
+    @property
+    def size(self) -> int:
+        return self.bank.shape[0]
+
+    @property
+    def dim(self) -> int:
+        return self.bank.shape[1]
+
+    def forward(self, index: Tensor) -> Tensor:
+        """The stored rows of ``index`` (any shape S) as [*S, D], detached."""
+        return self.bank.detach()[index]
+
+    def all(self) -> Tensor:
+        """Every row [n, D], detached: for a full softmax over the data set or a neighbour search."""
+        return self.bank.detach()
+
+    def sample(self, rows: int, m: int) -> Tensor:
+        """``m`` noise indices per anchor, drawn uniformly with replacement: [rows, m] (P_n = 1/n)."""
+        return torch.randint(self.size, (rows, m), device=self.bank.device)
+
+    @torch.no_grad()
+    def normaliser(self, k: int, negative_logits: Tensor) -> Tensor:
+        """log Z of objective ``k``: estimated from the first negative logits it sees [N, m] (averaged over
+        ranks, so every rank keeps the same constant), then fixed."""
+        if torch.isnan(self.log_z[k]):
+            estimate = estimate_nce_normaliser(negative_logits, self.size)
+            self.log_z[k] = all_reduce_mean(estimate.reshape(1).to(self.log_z.dtype))[0]
+        return self.log_z[k]
+
+    @torch.no_grad()
+    def update(self, index: Tensor, features: Tensor) -> None:
+        """v_i ← normalize(m·v_i + (1 - m)·normalize(f_i)) for ``index`` [N] and ``features`` [N, D]
+        (gathered over ranks by the caller). An index present twice keeps one of its updates."""
+        if index.dim() != 1 or features.dim() != 2 or features.shape != (index.shape[0], self.dim):
+            raise ValueError(f"update expects index [N] and features [N, {self.dim}], got "
+                             f"{tuple(index.shape)} and {tuple(features.shape)}")
+        f = F.normalize(features.detach().to(self.bank.dtype), dim=1)
+        mixed = self.momentum * self.bank[index] + (1.0 - self.momentum) * f
+        self.bank[index] = F.normalize(mixed, dim=1)

@@ -1,0 +1,105 @@
+"""MemoryBank (Wu et al. 2018): rows per training image, momentum update, a fixed NCE normaliser, state in
+the checkpoint, and the same bank on every rank when the caller gathers."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from dist_utils import run_on_ranks
+
+from ssl_zoo.distributed import gather_no_grad
+from ssl_zoo.losses.contrastive import estimate_nce_normaliser
+from ssl_zoo.memory import MemoryBank
+
+
+def test_rows_start_as_unit_vectors_and_are_read_detached_by_index():
+    bank = MemoryBank(10, 4)
+    torch.testing.assert_close(bank.all().norm(dim=1), torch.ones(10))
+    index = torch.tensor([[3, 1], [0, 3]])
+    rows = bank(index)
+    assert rows.shape == (2, 2, 4) and not rows.requires_grad
+    torch.testing.assert_close(rows[1, 1], bank.bank[3])
+
+
+def test_update_moves_rows_towards_the_new_features_with_momentum_and_renormalises():
+    torch.manual_seed(0)
+    bank = MemoryBank(6, 3, momentum=0.5)
+    before = bank.all().clone()
+    index, features = torch.tensor([4, 1]), torch.randn(2, 3) * 5
+    bank.update(index, features)
+    for row, f in zip(index.tolist(), features):
+        expected = 0.5 * before[row] + 0.5 * f / f.norm()
+        torch.testing.assert_close(bank.bank[row], expected / expected.norm())
+    untouched = [0, 2, 3, 5]
+    torch.testing.assert_close(bank.bank[untouched], before[untouched])
+
+
+def test_momentum_zero_replaces_the_rows():
+    bank = MemoryBank(5, 3, momentum=0.0)
+    features = torch.randn(2, 3)
+    bank.update(torch.tensor([0, 2]), features)
+    torch.testing.assert_close(bank.bank[[0, 2]], F.normalize(features, dim=1))
+
+
+def test_noise_indices_are_uniform_over_the_rows():
+    torch.manual_seed(0)
+    noise = MemoryBank(7, 2).sample(500, 20)
+    assert noise.shape == (500, 20) and noise.min() == 0 and noise.max() == 6
+    counts = torch.bincount(noise.flatten(), minlength=7).double()
+    assert (counts / counts.sum() - 1 / 7).abs().max() < 0.01
+
+
+def test_normaliser_is_estimated_at_the_first_call_and_then_fixed():
+    bank = MemoryBank(100, 4, num_normalisers=2)
+    assert torch.isnan(bank.log_z).all()
+    first = torch.randn(8, 16)
+    log_z = bank.normaliser(1, first).clone()
+    torch.testing.assert_close(log_z, estimate_nce_normaliser(first, 100))
+    assert torch.isnan(bank.log_z[0])
+    assert bank.normaliser(1, torch.randn(8, 16) + 5) == log_z
+
+
+def test_bank_and_normalisers_round_trip_through_the_state_dict():
+    bank = MemoryBank(9, 4)
+    bank.update(torch.tensor([2]), torch.randn(1, 4))
+    bank.normaliser(0, torch.randn(3, 5))
+    restored = MemoryBank(9, 4)
+    restored.load_state_dict(bank.state_dict())
+    assert torch.equal(restored.bank, bank.bank) and torch.equal(restored.log_z, bank.log_z)
+    assert set(bank.state_dict()) == {"bank", "log_z"}
+
+
+def test_bad_arguments_are_refused():
+    with pytest.raises(ValueError, match="momentum"):
+        MemoryBank(4, 2, momentum=1.0)
+    with pytest.raises(ValueError, match="size"):
+        MemoryBank(0, 2)
+    with pytest.raises(ValueError, match="update expects"):
+        MemoryBank(4, 2).update(torch.tensor([0]), torch.randn(1, 3))
+
+
+def _gathered_update(rank: int, world: int) -> dict:
+    torch.manual_seed(0)  # the same initial bank on every rank, as from one seed
+    bank = MemoryBank(8, 3)
+    initial = bank.all().clone()
+    index = torch.tensor([rank, 4 + rank])
+    features = torch.randn(2, 3, generator=torch.Generator().manual_seed(10 + rank))
+    bank.update(gather_no_grad(index), gather_no_grad(features))
+    negatives = torch.randn(2, 5, generator=torch.Generator().manual_seed(20 + rank))
+    log_z = bank.normaliser(0, negatives)
+    return {"bank": bank.all(), "initial": initial, "index": index, "features": features,
+            "negatives": negatives, "log_z": log_z}
+
+
+def test_two_ranks_updating_with_gathered_rows_hold_the_same_bank_as_one_process():
+    per_rank = run_on_ranks(_gathered_update, 2)
+    assert torch.equal(per_rank[0]["bank"], per_rank[1]["bank"])
+    one = MemoryBank(8, 3)
+    one.bank.copy_(per_rank[0]["initial"])
+    one.update(torch.cat([r["index"] for r in per_rank]), torch.cat([r["features"] for r in per_rank]))
+    torch.testing.assert_close(per_rank[0]["bank"], one.all())
+    # log Z is the mean of the ranks' estimates, the same constant everywhere.
+    estimates = torch.stack([estimate_nce_normaliser(r["negatives"], 8) for r in per_rank])
+    for r in per_rank:
+        torch.testing.assert_close(r["log_z"], estimates.mean())
