@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from ssl_zoo.losses.contrastive import estimate_nce_normaliser, info_nce, nce, nt_xent, supcon
+from ssl_zoo.losses.contrastive import estimate_nce_normaliser, info_nce, invaspread_loss, nce, nt_xent, supcon
 
 N, D = 6, 5
 LABELS = [0, 1, 0, 2, 1, 0]
@@ -304,3 +304,91 @@ def test_supcon_rejects_features_without_a_view_axis_and_mislabelled_batches():
         supcon(_randn(0, N, D))
     with pytest.raises(ValueError, match="labels"):
         supcon(_randn(0, N, 2, D), torch.arange(N + 1))
+
+
+# ---------------------------------------------------------------- InvaSpread
+
+
+def _invaspread_loop(z1, z2, t) -> float:
+    """Ye et al. 2019 term by term: every feature x is classified among the 2N - 1 others."""
+    feats = _rows(z1) + _rows(z2)
+    n = len(feats) // 2
+    total = 0.0
+    for a, x in enumerate(feats):
+        others = [k for k in range(2 * n) if k != a]
+        denominator = sum(math.exp(_dot(feats[k], x) / t) for k in others)
+        pos = a + n if a < n else a - n
+        total += math.log(math.exp(_dot(feats[pos], x) / t) / denominator)
+        for k in others:
+            if k != pos:
+                total += math.log(1.0 - math.exp(_dot(feats[k], x) / t) / denominator)
+    return -total / (2 * n)
+
+
+def _invaspread_torch_loop(z1: torch.Tensor, z2: torch.Tensor, t: float) -> torch.Tensor:
+    """The same with autograd, weights as constants (the authors' ``.data``), one anchor at a time."""
+    x = torch.cat([z1, z2]) / torch.cat([z1, z2]).norm(dim=1, keepdim=True)
+    n = z1.shape[0]
+    total = x.new_zeros(())
+    for a in range(2 * n):
+        scores = {k: torch.exp(torch.dot(x[a], x[k].detach()) / t) for k in range(2 * n) if k != a}
+        denominator = sum(scores.values())
+        pos = a + n if a < n else a - n
+        total = total + torch.log(scores[pos] / denominator)
+        for k, s in scores.items():
+            if k != pos:
+                total = total + torch.log(1 - s / denominator)
+    return -total / (2 * n)
+
+
+@pytest.mark.parametrize("t", [0.05, 0.1, 0.5, 2.0])
+def test_invaspread_loss_matches_loop_reference(t):
+    z1, z2 = _randn(30, N, D), _randn(31, N, D)
+    assert invaspread_loss(z1, z2, t).item() == pytest.approx(_invaspread_loop(z1, z2, t), rel=1e-10)
+    assert invaspread_loss(z1, z2, t, detach_weights=False).item() == pytest.approx(
+        _invaspread_loop(z1, z2, t), rel=1e-10)
+
+
+def test_invaspread_gradient_with_detached_weights_matches_the_loop_with_constant_weights():
+    z1, z2 = _randn(32, N, D).requires_grad_(True), _randn(33, N, D).requires_grad_(True)
+    grads = torch.autograd.grad(invaspread_loss(z1, z2, 0.2), (z1, z2))
+    expected = torch.autograd.grad(_invaspread_torch_loop(z1, z2, 0.2), (z1, z2))
+    for g, e in zip(grads, expected):
+        torch.testing.assert_close(g, e, rtol=1e-9, atol=1e-12)
+
+
+def test_invaspread_full_gradient_matches_finite_differences():
+    z1, z2 = _randn(34, 3, 4).requires_grad_(True), _randn(35, 3, 4).requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda a, b: invaspread_loss(a, b, 0.3, detach_weights=False), (z1, z2))
+
+
+def test_invaspread_adds_a_spreading_term_to_nt_xent():
+    z1, z2 = _randn(36, N, D), _randn(37, N, D)
+    assert invaspread_loss(z1, z2, 0.1) > nt_xent(z1, z2, 0.1)
+    # With one image there are no negatives and the two losses agree (both 0: the positive is the only other).
+    assert invaspread_loss(z1[:1], z2[:1], 0.1).item() == pytest.approx(0.0, abs=1e-12)
+
+
+@pytest.mark.parametrize("t", [1e-3, 1e3])
+def test_invaspread_stays_finite_with_finite_gradients_at_extreme_temperatures(t):
+    _finite_loss_and_grads(lambda a, b: invaspread_loss(a, b, t, detach_weights=False), _randn(38, N, D),
+                           _randn(39, N, D))
+
+
+def test_invaspread_log_of_not_being_a_dominant_negative_is_exact_in_float32():
+    # Anchor 0's nearest other is a negative 50 nats above everything else: P -> 1 in float32, yet
+    # log(1 - P) = -50 - log(1 + e^-40) is representable and must come out, not -inf.
+    from ssl_zoo.losses.contrastive import _log_one_minus_softmax
+
+    logits = torch.tensor([[float("-inf"), 0.0, -50.0, -90.0]])
+    out = _log_one_minus_softmax(logits)
+    expected = [0.0, -50.0, _log_sum_exp([0.0, -90.0]) - _log_sum_exp([0.0, -50.0, -90.0]),
+                _log_sum_exp([0.0, -50.0]) - _log_sum_exp([0.0, -50.0, -90.0])]
+    torch.testing.assert_close(out[0], torch.tensor(expected), rtol=1e-6, atol=1e-6)
+
+
+def test_invaspread_rejects_mismatched_views_and_non_positive_temperature():
+    with pytest.raises(ValueError, match="same shape"):
+        invaspread_loss(torch.randn(3, 4), torch.randn(2, 4))
+    with pytest.raises(ValueError, match="temperature"):
+        invaspread_loss(torch.randn(3, 4), torch.randn(3, 4), 0.0)

@@ -199,3 +199,65 @@ def supcon(features: Tensor, labels: Tensor | None = None, temperature: float = 
         return features.sum() * 0.0
     per_anchor = -(temperature / base_temperature) * pos_log_prob[has_pos] / num_pos[has_pos]
     return per_anchor.mean()
+
+
+def _log_one_minus_softmax(logits: Tensor) -> Tensor:
+    """log(1 - softmax(logits)_j) for every entry of each row of ``logits`` [R, C] (entries may be -inf).
+
+    Exact for any spread of logits: 1 - p_j is the softmax mass of the other entries, so the result is
+    logsumexp over k != j minus logsumexp over all k. Relative to the row maximum m1 that mass is
+    S - exp(s_j - m1) >= 1 for every j but the arg-max; for the arg-max it is summed afresh relative to
+    the second largest logit. No cancellation, no log of 0, and finite gradients where the value is.
+    """
+    top = logits.topk(min(2, logits.shape[1]), dim=1)
+    m1 = top.values[:, :1]
+    m2 = top.values[:, 1:2] if logits.shape[1] > 1 else torch.full_like(m1, float("-inf"))
+    m2 = m2.clamp_min(torch.finfo(logits.dtype).min)  # a row with one finite entry: its mass is 0 anyway
+    is_max = torch.zeros_like(logits, dtype=torch.bool).scatter_(1, top.indices[:, :1], True)
+    scaled = torch.exp(logits - m1)                                               # [R, C], the max is 1
+    log_total = m1 + torch.log(scaled.sum(dim=1, keepdim=True))
+    rest = (scaled.sum(dim=1, keepdim=True) - scaled).masked_fill(is_max, 1.0)    # >= 1 off the arg-max
+    others_of_max = torch.exp(logits.masked_fill(is_max, float("-inf")) - m2).sum(dim=1, keepdim=True)
+    log_others = torch.where(is_max, m2 + torch.log(others_of_max.clamp_min(torch.finfo(logits.dtype).tiny)),
+                             m1 + torch.log(rest))
+    return log_others - log_total
+
+
+def invaspread_loss(z1: Tensor, z2: Tensor, temperature: float = 0.1, detach_weights: bool = True) -> Tensor:
+    """Invariant and spreading instance feature loss (Ye, Zhang, Yuen & Chang 2019, eqs. 2-5).
+
+    ``z1``, ``z2``: [N, D], two augmentations of the same N images (L2-normalised here). Each of the
+    2N features f_a acts as the classifier weight of its instance; every feature x is classified
+    among the 2N - 1 *other* features with P(a | x) = exp(f_aᵀx / T) / Σ_{k≠x} exp(f_kᵀx / T). The loss
+    is the negative log-likelihood that x is recognised as its own instance (its other view, the
+    positive) plus, for every other feature a of another image, that it is *not* recognised as a:
+
+        L = -1/(2N) Σ_x [ log P(x' | x) + Σ_{a ∉ {x, x'}} log(1 - P(a | x)) ]
+
+    summed over all 2N features x (both views as anchors, as the authors' code does). It differs from
+    :func:`nt_xent` by the second, "spreading" term over the negatives.
+
+    ``detach_weights`` (the authors' code): gradients flow through each anchor x only, not through
+    the features in their role of classifier weights f_a (as with a memory bank, their origin).
+    ``log(1 - P)`` is computed without cancellation, so the loss stays finite for temperatures from
+    1e-3 to 1e3. In data-parallel training the caller passes the gathered global batch.
+    """
+    _check_temperature(temperature)
+    _check_rows(z1, "z1")
+    if z1.shape != z2.shape:
+        raise ValueError(f"z1 and z2 must have the same shape, got {tuple(z1.shape)} and {tuple(z2.shape)}")
+    n = z1.shape[0]
+    x = F.normalize(torch.cat([z1, z2], dim=0), dim=1)                        # [2N, D] anchors
+    weights = x.detach() if detach_weights else x
+    logits = x @ weights.T / temperature                                      # [2N, 2N]: row x, column a
+    is_self = torch.eye(2 * n, dtype=torch.bool, device=x.device)
+    logits = logits.masked_fill(is_self, float("-inf"))                       # a feature is not its own weight
+    idx = torch.arange(n, device=x.device)
+    positive = torch.cat([idx + n, idx])                                      # each view's other view
+    rows = torch.arange(2 * n, device=x.device)
+    log_p_positive = logits[rows, positive] - torch.logsumexp(logits, dim=1)
+    is_negative = ~is_self
+    is_negative[rows, positive] = False
+    log_not = _log_one_minus_softmax(logits)
+    spread = torch.where(is_negative, log_not, torch.zeros_like(log_not)).sum(dim=1)
+    return -(log_p_positive + spread).mean()
