@@ -4,6 +4,8 @@ gradients, shuffle BN (He et al. 2019) and split BN. Everything is the identity 
 from __future__ import annotations
 
 from ssl_zoo.distributed.batchnorm import (
+    SHUFFLE_BN_MODES,
+    ShuffleBN,
     SplitBatchNorm2d,
     batch_shuffle,
     batch_unshuffle,
@@ -22,6 +24,8 @@ from ssl_zoo.distributed.ops import (
 )
 
 __all__ = [
+    "SHUFFLE_BN_MODES",
+    "ShuffleBN",
     "SplitBatchNorm2d",
     "all_reduce_mean",
     "all_reduce_sum",

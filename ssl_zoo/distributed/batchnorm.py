@@ -169,3 +169,83 @@ def convert_split_batchnorm(module: nn.Module, num_splits: int) -> nn.Module:
         return new
 
     return convert(module, "")
+
+
+SHUFFLE_BN_MODES = ("auto", "ddp", "split", "off")
+
+
+class ShuffleBN:
+    """How a momentum key encoder keeps BN from leaking which query goes with which key (He et al. 2019).
+
+    ``mode``:
+
+    - ``ddp``: the key batch is shuffled across ranks (:func:`batch_shuffle`), encoded, and unshuffled
+      (:func:`batch_unshuffle`): a key's BN statistics come from other ranks' samples than its query's.
+      Needs more than one rank: on one, a permuted batch has the same statistics.
+    - ``split``: the single-device stand-in of the MoCo CIFAR-10 demo. Every ``BatchNorm2d`` of the
+      encoders becomes a :class:`SplitBatchNorm2d` with ``num_splits`` sub-batches (emulated devices),
+      and the key batch is permuted before the key encoder, so its sub-batches hold other samples than
+      the query encoder's. Under DDP the permutation crosses ranks as well.
+    - ``auto``: ``ddp`` on more than one rank, ``split`` on one.
+    - ``off``: the key encoder sees the batch as it is.
+
+    A method calls :meth:`convert` on its query encoder *before* the momentum copy is made (so both
+    encoders get split BN), :meth:`setup` once the world size is known, and calls the instance with the
+    key encoder and the key views. Split layers hold no extra state, so checkpoints do not depend on the
+    mode: a run may resume on another number of devices.
+    """
+
+    def __init__(self, mode: str = "auto", num_splits: int = 1, prefix: str = "method"):
+        from ssl_zoo.errors import check
+
+        check(mode in SHUFFLE_BN_MODES, f"{prefix}.shuffle_bn", mode, "one of: " + ", ".join(SHUFFLE_BN_MODES))
+        check(isinstance(num_splits, int) and num_splits >= 1, f"{prefix}.bn_splits", num_splits, "an integer >= 1")
+        self.mode, self.num_splits, self.prefix = mode, num_splits, prefix
+        self.active: str | None = None  # resolved by setup(), or from the current world size at first use
+
+    def resolve(self, world: int) -> str:
+        """The mode in force with ``world`` ranks."""
+        if self.mode == "auto":
+            return "ddp" if world > 1 else "split"
+        return self.mode
+
+    def convert(self, module: nn.Module) -> nn.Module:
+        """Give ``module``'s BatchNorm2d layers per-sub-batch statistics when split BN may be used."""
+        if self.mode in ("auto", "split") and self.num_splits > 1:
+            return convert_split_batchnorm(module, self.num_splits)
+        return module
+
+    def setup(self, model: nn.Module, world: int, batch_size: int) -> str:
+        """Fix the mode for a run on ``world`` ranks with ``batch_size`` samples per rank; returns it.
+
+        Where split BN is not in force (``auto`` under DDP), the split layers of ``model`` fall back to
+        plain BN (one split), since real devices already give per-device statistics.
+        """
+        from ssl_zoo.errors import ConfigError
+
+        active = self.resolve(world)
+        if active == "ddp" and world < 2:
+            raise ConfigError(f"{self.prefix}.shuffle_bn", self.mode, "auto, split or off on a single device",
+                              "shuffling one device's batch leaves its BN statistics unchanged")
+        if active == "split" and batch_size % self.num_splits:
+            raise ConfigError(f"{self.prefix}.bn_splits", self.num_splits,
+                              f"a divisor of data.batch_size={batch_size}")
+        if active != "split":
+            for m in model.modules():
+                if isinstance(m, SplitBatchNorm2d):
+                    m.num_splits = 1
+        self.active = active
+        return active
+
+    @torch.no_grad()
+    def __call__(self, encoder: nn.Module, x: Tensor) -> Tensor:
+        """``encoder(x)`` [B_r, ...] with the key batch shuffled (and unshuffled) as the mode says; row i of
+        the result belongs to row i of ``x``. No autograd: keys carry no gradient."""
+        if self.active is None:
+            from ssl_zoo.distributed.ops import world_size
+
+            self.active = self.resolve(world_size())
+        if self.active == "off":
+            return encoder(x)
+        shuffled, unshuffle_index = batch_shuffle(x)
+        return batch_unshuffle(encoder(shuffled), unshuffle_index)
