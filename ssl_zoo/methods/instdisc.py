@@ -1,0 +1,87 @@
+"""InstDisc: Unsupervised Feature Learning via Non-Parametric Instance Discrimination (Wu, Xiong, Yu & Lin 2018).
+
+    for x, i in loader:                                     # N images, i their dataset indices
+        v = normalize(W f(aug(x)))                          # one view, 128-d embedding
+        # loss=nce (the paper): the bank row V[i] is the positive, m rows drawn uniformly the noise
+        loss = nce(v · V[i] / T, v · V[noise] / T, log Z, n)   # Z estimated at the first step, then fixed
+        # loss=softmax: the non-parametric softmax over all n rows, cross_entropy(v · Vᵀ / T, i)
+        loss += λ ||v - V[i]||²                             # proximal regularisation (eq. 7)
+        V[i] ← normalize(0.5 V[i] + 0.5 v)                  # after the loss, with gathered v and i
+
+Recipe (ImageNet): ResNet, 128-d, T = 0.07, m = 4096 noise samples, bank momentum 0.5, SGD lr 0.03,
+momentum 0.9, wd 1e-4, batch 256, 200 epochs with lr x0.1 at 120 and 160; crop (area 0.2-1), grey
+0.2, colour jitter 0.4, flip (``augmentation=instdisc``). CIFAR-10 (the authors' code): T = 0.1,
+wd 5e-4, batch 128. Deviation: ``proximal_lambda`` is 0 by default, as the authors' released code,
+where the bank's momentum update is what smooths each entry's trajectory; set it to add the paper's
+explicit term. Under data parallelism every rank draws its own noise and the bank is updated with
+the gathered features and indices, so all ranks keep the same bank.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ssl_zoo.distributed import gather_no_grad
+from ssl_zoo.errors import ConfigError, check
+from ssl_zoo.losses.contrastive import nce
+from ssl_zoo.memory import MemoryBank
+from ssl_zoo.methods.base import Method, MethodConfig, StepOutput
+
+LOSSES = ("nce", "softmax")
+
+
+@dataclass
+class InstDiscConfig(MethodConfig):
+    min_views = 1
+    name: str = "instdisc"
+    loss: str = "nce"
+    embed_dim: int = 128
+    temperature: float = 0.07
+    num_negatives: int = 4096  # m noise samples per anchor (loss=nce)
+    bank_momentum: float = 0.5
+    proximal_lambda: float = 0.0
+
+    def validate(self, prefix: str = "method") -> None:
+        check(self.loss in LOSSES, f"{prefix}.loss", self.loss, "one of: " + ", ".join(LOSSES))
+        check(self.embed_dim >= 1, f"{prefix}.embed_dim", self.embed_dim, "an integer >= 1")
+        check(self.temperature > 0, f"{prefix}.temperature", self.temperature, "a number > 0")
+        check(self.num_negatives >= 1, f"{prefix}.num_negatives", self.num_negatives, "an integer >= 1")
+        check(0.0 <= self.bank_momentum < 1.0, f"{prefix}.bank_momentum", self.bank_momentum, "a number in [0, 1)")
+        check(self.proximal_lambda >= 0, f"{prefix}.proximal_lambda", self.proximal_lambda, "a number >= 0")
+
+
+class InstDisc(Method):
+    name = "instdisc"
+    Config = InstDiscConfig
+
+    def __init__(self, cfg, num_train: int | None = None):
+        super().__init__(cfg, num_train)
+        if not num_train:
+            raise ConfigError("method", self.name, "a data set of known size",
+                              "the memory bank keeps one row per training image")
+        hp = self.hp
+        self.head = nn.Linear(self.feature_dim, hp.embed_dim)
+        self.bank = MemoryBank(num_train, hp.embed_dim, hp.bank_momentum)
+
+    def step(self, views, index) -> StepOutput:
+        hp, bank = self.hp, self.bank
+        h = self.backbone(views[0])
+        v = F.normalize(self.head(h), dim=1)                                        # [N, E]
+        if hp.loss == "nce":
+            noise = bank.sample(v.shape[0], hp.num_negatives)                       # [N, m]
+            positive = (v * bank(index)).sum(dim=1) / hp.temperature                # [N]
+            negative = torch.einsum("nme,ne->nm", bank(noise), v) / hp.temperature  # [N, m]
+            loss = nce(positive, negative, bank.normaliser(0, negative), bank.size)
+        else:
+            loss = F.cross_entropy(v @ bank.all().T / hp.temperature, index)       # over all n rows
+        logs = {"instance_loss": loss.detach()}
+        if hp.proximal_lambda > 0:
+            proximal = (v - bank(index)).pow(2).sum(dim=1).mean()
+            loss = loss + hp.proximal_lambda * proximal
+            logs["proximal"] = proximal.detach()
+        bank.update(gather_no_grad(index), gather_no_grad(v))  # every rank writes every rank's rows
+        return StepOutput(loss, features=h, logs=logs)
