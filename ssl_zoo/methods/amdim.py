@@ -1,0 +1,86 @@
+"""AMDIM: Learning Representations by Maximizing Mutual Information Across Views (Bachman, Hjelm &
+Buchwalter 2019), on top of DIM: Deep InfoMax (Hjelm et al. 2018).
+
+    for x in loader:
+        x1, x2 = aug(x), aug(x)                            # two views
+        m1, h1 = f(x1)                                     # last feature map [N, C, h, w] and its pooled vector
+        m2, h2 = f(x2)
+        g1, g2 = emb_g(h1), emb_g(h2)                      # global embeddings [N, D]     (1x1 conv heads)
+        l1, l2 = emb_l(m1), emb_l(m2)                      # local embeddings [N, h·w, D]
+        s = g · l                                          # scores of every global against every location
+        loss = est(g1, l2) + est(g2, l1)                   # estimator: nce (AMDIM) or jsd (DIM), averaged
+               + 4e-2 · mean(s²)                           # inside est: squared-score penalty on raw scores,
+                                                           # then soft clip s ← 20 · tanh(s / 20)
+
+Recipe (AMDIM, ImageNet): its own wide ResNet encoder, 1024-d embeddings (n_rkhs), NCE with the other
+images' locations as negatives, score penalty 4e-2 and tanh clip at 20, Adam at lr 2e-4, 150 epochs;
+68.1% linear top-1. It maximises mutual information between several pairs of scales (1-5, 1-7, 5-5).
+Ours: the configured backbone's last feature map is the only local scale and its global average
+pool the global one (local-global "1-to-h·w" across views); AdamW without weight decay. DIM's JSD
+estimator is ``estimator=jsd`` (same scores, penalty and clip). Evaluation reads the pooled backbone
+features. With data parallelism the local embeddings of every rank are the negatives.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ssl_zoo.distributed import gather_sizes, gather_with_grad, rank
+from ssl_zoo.errors import check
+from ssl_zoo.heads.conv_decoder import feature_map, feature_map_shape
+from ssl_zoo.heads.local_global import Conv1x1Embedding
+from ssl_zoo.losses.mutual_information import ESTIMATORS, local_global_jsd, local_global_nce
+from ssl_zoo.methods.base import Method, MethodConfig, StepOutput
+
+
+@dataclass
+class AMDIMConfig(MethodConfig):
+    name: str = "amdim"
+    estimator: str = "nce"
+    embed_dim: int = 1024
+    hidden_dim: int = 1024
+    score_penalty: float = 4e-2
+    score_clip: float = 20.0  # 0: no clipping
+
+    def validate(self, prefix: str = "method") -> None:
+        check(self.estimator in ESTIMATORS, f"{prefix}.estimator", self.estimator, "one of: " + ", ".join(ESTIMATORS))
+        check(self.embed_dim >= 1, f"{prefix}.embed_dim", self.embed_dim, "an integer >= 1")
+        check(self.hidden_dim >= 1, f"{prefix}.hidden_dim", self.hidden_dim, "an integer >= 1")
+        check(self.score_penalty >= 0, f"{prefix}.score_penalty", self.score_penalty, "a number >= 0")
+        check(self.score_clip >= 0, f"{prefix}.score_clip", self.score_clip, "a number >= 0 (0: no clipping)")
+
+
+class AMDIM(Method):
+    name = "amdim"
+    Config = AMDIMConfig
+
+    def __init__(self, cfg, num_train: int | None = None):
+        super().__init__(cfg, num_train)
+        hp = self.hp
+        channels, _, _ = feature_map_shape(self.backbone, cfg.data.channels, cfg.data.image_size)
+        self.global_head = Conv1x1Embedding(self.feature_dim, hp.hidden_dim, hp.embed_dim)
+        self.local_head = Conv1x1Embedding(channels, hp.hidden_dim, hp.embed_dim)
+        self.estimator = local_global_nce if hp.estimator == "nce" else local_global_jsd
+
+    def embed(self, x):
+        """(global [N, D], local [N, h·w, D], pooled backbone features [N, F]) of images x."""
+        fmap, h = feature_map(self.backbone, x)
+        g = self.global_head(h[:, :, None, None]).flatten(1)
+        local = self.local_head(fmap).flatten(2).transpose(1, 2)
+        return g, local, h
+
+    def contrast(self, g, local):
+        """The estimator of globals ``g`` against the locals of every rank; image n's own at offset + n."""
+        offset = sum(gather_sizes(local)[:rank()])
+        positive = torch.arange(g.shape[0], device=g.device) + offset
+        return self.estimator(g, gather_with_grad(local), positive, clip=self.hp.score_clip or None,
+                              penalty=self.hp.score_penalty)
+
+    def step(self, views, index) -> StepOutput:
+        g1, l1, h1 = self.embed(views[0])
+        g2, l2, _ = self.embed(views[1])
+        loss_12, loss_21 = self.contrast(g1, l2), self.contrast(g2, l1)
+        logs = {"loss_12": loss_12.detach(), "loss_21": loss_21.detach()}
+        return StepOutput((loss_12 + loss_21) / 2, features=h1, logs=logs)
