@@ -10,6 +10,8 @@
                                           features with their labels and data-set indices
     ssl-zoo results [outputs/] [protocol=all|best|knn|...] [csv=<file>]
                                           leaderboard of every run found (Markdown printed, CSV written)
+    ssl-zoo bench [key=value ...]         training speed, ours against lightly's building blocks, as
+                                          Markdown (device=cuda sweep=all; see BENCHMARKS.md)
     ssl-zoo list                          every config group and its choices
 
 Bad input (an unknown choice or key, a wrong type, an impossible value, a missing data set or
@@ -238,8 +240,17 @@ def cmd_results(args: list[str]) -> int:
     return 0
 
 
+def cmd_bench(args: list[str]) -> int:
+    from ssl_zoo.bench import parse_bench_args, run_bench
+
+    bench, overrides = parse_bench_args(args)
+    run_bench(bench, overrides)
+    return 0
+
+
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "export": cmd_export, "embed": cmd_embed,
-            "results": cmd_results, "list": cmd_list}
+            "results": cmd_results, "bench": cmd_bench,
+            "list": cmd_list}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -98,7 +98,8 @@ class LoggerConfig:
 
 @dataclass
 class MonitorConfig:
-    """Evaluation during training: the weighted kNN monitor and the online linear probe."""
+    """Evaluation during training: the weighted kNN monitor, the online linear probe, representation health
+    and the end-of-run plots."""
 
     knn: bool = True
     knn_k: int = 200
@@ -107,9 +108,24 @@ class MonitorConfig:
     probe: bool = True
     probe_lr: float = 0.1
     probe_weight_decay: float = 0.0
+    # Representation health at every validation (ssl_zoo/callbacks/health.py): RankMe, alignment,
+    # uniformity and the normalised per-dimension std on up to health_samples validation images; the
+    # run is flagged collapsed (val/collapsed=1 and a warning) when that std falls below
+    # collapse_std / sqrt(feature dim) or RankMe below collapse_rank.
+    health: bool = True
+    health_samples: int = 2048
+    collapse_std: float = 0.1
+    collapse_rank: float = 2.0
+    # End of run: plots/tsne.png (up to tsne_samples validation embeddings) and plots/curves.png.
+    plots: bool = True
+    tsne_samples: int = 1000
 
     def validate(self, prefix: str = "monitor") -> None:
         check(self.knn_k >= 1, f"{prefix}.knn_k", self.knn_k, "an integer >= 1")
+        check(self.health_samples >= 2, f"{prefix}.health_samples", self.health_samples, "an integer >= 2")
+        check(self.collapse_std >= 0, f"{prefix}.collapse_std", self.collapse_std, "a number >= 0")
+        check(self.collapse_rank >= 0, f"{prefix}.collapse_rank", self.collapse_rank, "a number >= 0")
+        check(self.tsne_samples >= 3, f"{prefix}.tsne_samples", self.tsne_samples, "an integer >= 3")
         check(self.knn_temperature > 0, f"{prefix}.knn_temperature", self.knn_temperature, "a number > 0")
         check(self.probe_lr > 0, f"{prefix}.probe_lr", self.probe_lr, "a number > 0")
 

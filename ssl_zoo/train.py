@@ -14,6 +14,8 @@ from pytorch_lightning.callbacks import LearningRateMonitor, RichProgressBar
 
 from ssl_zoo.callbacks import KNNMonitor, NonFiniteGuard, OnlineLinearProbe, ProgressLines, RNGState
 from ssl_zoo.callbacks.checkpoint import checkpoint_callbacks
+from ssl_zoo.callbacks.health import RepresentationHealth
+from ssl_zoo.callbacks.plots import EndOfRunPlots
 from ssl_zoo.checkpoint_io import AtomicCheckpointIO, safe_torch_load
 from ssl_zoo.config import validate_config
 from ssl_zoo.data import SSLDataModule
@@ -140,6 +142,12 @@ def train(cfg: DictConfig, run_dir: Path, extra_callbacks: list | None = None) -
     if labelled and monitor.probe:
         callbacks.append(OnlineLinearProbe(method.feature_dim, data.num_classes, monitor.probe_lr,
                                            weight_decay=monitor.probe_weight_decay))
+    if labelled and monitor.health:
+        callbacks.append(RepresentationHealth(monitor.health_samples, monitor.collapse_std, monitor.collapse_rank))
+    plots = EndOfRunPlots(run_dir, monitor.tsne_samples, title=f"{cfg.method.name} on {data.name}") \
+        if monitor.plots else None
+    if plots and labelled:
+        callbacks.append(plots)
     callbacks += extra_callbacks or []
     trainer = build_trainer(cfg, run_dir, callbacks, build_loggers(cfg, run_dir))
 
@@ -150,6 +158,8 @@ def train(cfg: DictConfig, run_dir: Path, extra_callbacks: list | None = None) -
     trainer.fit(method, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     if knn and knn.last_step != trainer.global_step:
         trainer.validate(method, datamodule=datamodule, verbose=False)
+    if plots:
+        plots.write(trainer)
 
     summary = {
         "method": cfg.method.name, "backbone": cfg.backbone.name, "data": cfg.data.name,

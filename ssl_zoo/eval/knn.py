@@ -7,9 +7,13 @@ InstDisc paper; the evaluation CLI reports k in {10, 20, 100, 200}.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from ssl_zoo.errors import check
 
 
 @torch.no_grad()
@@ -43,3 +47,26 @@ def knn_accuracy(train_features: Tensor, train_labels: Tensor, test_features: Te
     ranked = scores.argsort(dim=1, descending=True)
     correct = ranked == test_labels.to(ranked.device).view(-1, 1)
     return {t: 100.0 * correct[:, : min(t, num_classes)].any(dim=1).float().mean().item() for t in topk}
+
+
+@dataclass
+class KNNConfig:
+    """``ssl-zoo eval knn``: weighted kNN at every ``k`` with temperature ``temperature``.
+
+    ``match_monitor=true`` replaces ``k`` and ``temperature`` by the training run's ``monitor.knn_k`` and
+    ``monitor.knn_temperature``; with the default ``subsets=monitor`` it then recomputes the figure the
+    kNN monitor logged for that checkpoint.
+    """
+
+    k: list[int] = field(default_factory=lambda: [10, 20, 100, 200])
+    temperature: float = 0.07
+    match_monitor: bool = False
+    subsets: str = "monitor"
+
+    def validate(self, prefix: str = "eval") -> None:
+        from ssl_zoo.eval.linear import check_subsets
+
+        check(len(self.k) >= 1 and all(k >= 1 for k in self.k), f"{prefix}.k", list(self.k),
+              "a list of integers >= 1, e.g. [10, 20, 100, 200]")
+        check(self.temperature > 0, f"{prefix}.temperature", self.temperature, "a number > 0")
+        check_subsets(self.subsets, prefix)

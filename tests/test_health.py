@@ -1,0 +1,57 @@
+"""Representation health on matrices whose answer is known: RankMe, alignment, uniformity, normalised std."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from ssl_zoo.eval.health import alignment, is_collapsed, normalised_std, rankme, second_view, uniformity
+
+
+def test_rankme_of_the_identity_is_its_dimension():
+    assert rankme(torch.eye(16)) == pytest.approx(16, rel=1e-4)
+
+
+def test_rankme_of_a_rank_one_matrix_is_one():
+    z = torch.randn(200, 1) @ torch.randn(1, 32)
+    assert rankme(z) == pytest.approx(1.0, abs=1e-3)
+
+
+def test_rankme_of_two_equal_directions_is_two():
+    z = torch.zeros(100, 8)
+    z[:50, 0], z[50:, 1] = 1.0, 1.0
+    assert rankme(z) == pytest.approx(2.0, rel=1e-4)
+
+
+def test_alignment_is_zero_for_identical_views_and_four_for_opposite_ones():
+    z = torch.randn(50, 8)
+    assert alignment(z, z) == pytest.approx(0.0, abs=1e-12)
+    assert alignment(z, -z) == pytest.approx(4.0)
+    assert alignment(z, 3 * z) == pytest.approx(0.0, abs=1e-12)  # normalised first
+
+
+def test_uniformity_of_two_antipodal_points_and_of_a_collapsed_set():
+    assert uniformity(torch.tensor([[1.0, 0.0], [-1.0, 0.0]])) == pytest.approx(-8.0)  # log exp(-2 * 4)
+    assert uniformity(torch.ones(10, 4)) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_normalised_std_is_zero_at_collapse_and_about_one_over_sqrt_d_when_spread():
+    assert normalised_std(torch.ones(100, 64) * 5) == pytest.approx(0.0, abs=1e-12)
+    spread = normalised_std(torch.randn(20000, 64, generator=torch.Generator().manual_seed(0)))
+    assert spread == pytest.approx(1 / math.sqrt(64), rel=0.05)
+
+
+def test_collapse_flag_uses_std_or_rank():
+    assert is_collapsed(std=0.001, rank=50, dim=100, std_ratio=0.1, min_rank=2)
+    assert is_collapsed(std=0.1, rank=1.2, dim=100, std_ratio=0.1, min_rank=2)
+    assert not is_collapsed(std=0.1, rank=50, dim=100, std_ratio=0.1, min_rank=2)
+
+
+def test_second_view_is_deterministic_and_draws_no_random_numbers():
+    images = torch.randn(4, 3, 16, 16)
+    state = torch.get_rng_state()
+    a, b = second_view(images), second_view(images)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert torch.equal(a, b) and a.shape == images.shape and not torch.equal(a, images)
