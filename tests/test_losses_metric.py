@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from ssl_zoo.losses.contrastive import supcon
 from ssl_zoo.losses.metric import contrastive, lifted_structured, n_pair, triplet
 
 N, D = 8, 5
@@ -280,3 +281,25 @@ def test_n_pair_gradients_match_finite_differences():
 def test_metric_losses_reject_labels_that_do_not_match_the_batch(loss_fn):
     with pytest.raises(ValueError, match="labels"):
         loss_fn(_randn(37, N, D), torch.arange(N - 1))
+
+
+# ---------------------------------------------------------------- one class, identical embeddings
+
+
+def _supcon_one_view(x: torch.Tensor, labels: torch.Tensor, t: float = 0.1) -> torch.Tensor:
+    return supcon(x[:, None], labels, t, t)
+
+
+@pytest.mark.parametrize("loss_fn", [contrastive, triplet, lifted_structured, n_pair, _supcon_one_view],
+                         ids=["contrastive", "triplet", "lifted_structured", "n_pair", "supcon"])
+def test_a_batch_of_one_class_and_identical_embeddings_gives_finite_loss_and_gradients(loss_fn):
+    x = _randn(60, 1, D).repeat(N, 1)
+    _check_finite_grads(loss_fn, x, torch.zeros(N, dtype=torch.long))
+
+
+@pytest.mark.parametrize("t", [1e-3, 0.1, 1e3])
+def test_supcon_of_one_class_of_identical_views_is_log_of_the_other_views(t):
+    # All 2N views coincide: each of the 2N - 1 others is a positive as likely as any, -log(1 / (2N - 1)).
+    x = _randn(61, 1, 1, D).repeat(N, 2, 1)
+    loss = supcon(x, torch.zeros(N, dtype=torch.long), t, t)
+    assert loss.item() == pytest.approx(math.log(2 * N - 1), rel=1e-9)

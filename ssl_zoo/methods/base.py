@@ -64,6 +64,7 @@ class Method(pl.LightningModule):
         self.channels_last = bool(cfg.trainer.get("channels_last", False))
         self._total_steps: int | None = None
         self._steps_per_epoch = 1
+        self.batch_labels: Tensor | None = None
 
     # --- what a method writes -------------------------------------------------------------------
     def step(self, views: list[Tensor], index: Tensor) -> StepOutput:
@@ -89,6 +90,7 @@ class Method(pl.LightningModule):
 
     def training_step(self, batch, batch_idx: int):
         views, labels, index = batch
+        self.batch_labels = labels  # the batch's labels (-1 where unlabelled), for supervised methods' step()
         out = self.step([self._format(v) for v in views], index)
         self.log("train/loss", out.loss.detach(), prog_bar=True)
         for key, value in out.logs.items():
