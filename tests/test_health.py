@@ -55,3 +55,50 @@ def test_second_view_is_deterministic_and_draws_no_random_numbers():
     a, b = second_view(images), second_view(images)
     assert torch.equal(torch.get_rng_state(), state)
     assert torch.equal(a, b) and a.shape == images.shape and not torch.equal(a, images)
+
+
+class FakeModule(torch.nn.Module):
+    """Maps images to features with ``encode`` and records what the callback logs."""
+
+    def __init__(self, encode):
+        super().__init__()
+        self.encode, self.logged = encode, {}
+
+    def forward(self, images):
+        return self.encode(images)
+
+    def log(self, key, value, **kwargs):
+        self.logged[key] = value
+
+
+def validate_once(module, images, caplog):
+    from types import SimpleNamespace
+
+    from ssl_zoo.callbacks.health import RepresentationHealth
+
+    trainer = SimpleNamespace(sanity_checking=False, is_global_zero=True, global_step=7)
+    callback = RepresentationHealth(max_samples=48)
+    callback.on_validation_epoch_start(trainer, module)
+    labels = torch.zeros(len(images), dtype=torch.long)
+    for start in range(0, len(images), 16):
+        batch = (images[start:start + 16], labels[start:start + 16])
+        for loader in (0, 1):  # the kNN bank (ignored) and the validation split
+            callback.on_validation_batch_end(trainer, module, {"features": module(batch[0]), "labels": batch[1]},
+                                             batch, start // 16, dataloader_idx=loader)
+    with caplog.at_level("WARNING"):
+        callback.on_validation_epoch_end(trainer, module)
+    return module.logged
+
+
+def test_health_callback_flags_a_collapsed_encoder_and_warns(caplog):
+    logged = validate_once(FakeModule(lambda x: torch.ones(len(x), 32)), torch.randn(64, 3, 8, 8), caplog)
+    assert logged["val/collapsed"] == 1.0 and logged["val/feature_std"] == pytest.approx(0.0, abs=1e-9)
+    assert logged["val/rankme"] == pytest.approx(1.0, abs=1e-3) and logged["val/alignment"] == pytest.approx(0.0)
+    assert "representation collapse at step 7" in caplog.text
+
+
+def test_health_callback_passes_a_spread_encoder(caplog):
+    logged = validate_once(FakeModule(lambda x: x.flatten(1)[:, :32]), torch.randn(64, 3, 8, 8), caplog)
+    assert logged["val/collapsed"] == 0.0 and logged["val/rankme"] > 20 and logged["val/alignment"] > 0
+    assert set(logged) == {"val/rankme", "val/alignment", "val/uniformity", "val/feature_std", "val/collapsed"}
+    assert "collapse" not in caplog.text

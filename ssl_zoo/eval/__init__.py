@@ -1,4 +1,6 @@
-"""Evaluation protocols: kNN, linear probe, and the monitors run during training."""
+"""Evaluation: kNN, linear probe, fine-tuning and few-shot protocols on checkpoints (``protocols``),
+frozen-feature extraction and its cache (``features``), backbone export (``export``), representation
+health (``health``), pictures (``plots``) and the results leaderboard (``results``)."""
 
 from ssl_zoo.eval.knn import knn_accuracy, knn_scores
 

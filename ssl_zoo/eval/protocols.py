@@ -21,6 +21,7 @@ import hashlib
 import json
 import time
 from dataclasses import asdict, dataclass, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +83,10 @@ class EvalJob:
     device: torch.device
     cache: bool = True
     results: Path | None = None
+
+    @cached_property
+    def checkpoint_sha256(self) -> str:
+        return checkpoint_hash(self.ckpt_path)
 
     @property
     def run_seed(self) -> int:
@@ -145,7 +150,7 @@ def record(job: EvalJob, protocol: str, settings: Any, data: DataConfig, metrics
         "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "protocol": protocol, "top1": round(top1, 4),
         "metrics": {k: round(v, 4) for k, v in metrics.items()}, **extra,
         "data": data.name, "num_train": None, "num_test": None,
-        "checkpoint": str(job.ckpt_path.resolve()), "checkpoint_sha256": checkpoint_hash(job.ckpt_path),
+        "checkpoint": str(job.ckpt_path.resolve()), "checkpoint_sha256": job.checkpoint_sha256,
         "config_hash": config_hash(cfg), "method": cfg.method.name, "backbone": cfg.backbone.name,
         "step": job.ckpt.get("global_step"), "epoch": job.ckpt.get("epoch"), "seed": job.seed,
         "eval_config": asdict(settings), "eval_config_hash": _settings_hash(settings),
