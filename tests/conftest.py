@@ -18,7 +18,7 @@ torch.set_num_threads(min(2, torch.get_num_threads()))
 TINY = [
     "data=synthetic", "data.image_size=16", "data.batch_size=8", "data.val_batch_size=32", "data.num_samples=64",
     "data.num_test_samples=32", "data.num_workers=0", "trainer=cpu", "trainer.max_steps=5",
-    "trainer.max_epochs=100", "logger=csv", "monitor.knn_k=5",
+    "trainer.max_epochs=100", "logger=csv", "monitor.knn_k=5", "monitor.plots=false",
 ]
 TINY_DIR = Path(__file__).parent / "tiny"
 
