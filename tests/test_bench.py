@@ -1,0 +1,172 @@
+"""The speed benchmark's pieces: its statistics, its arguments, the alternation of the two sides, the
+lightly recipes, and a 2-step run of both sides. No assertion here depends on how fast anything ran."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from ssl_zoo.bench import measure
+from ssl_zoo.bench.config import parse_bench_args
+from ssl_zoo.bench.measure import Block, SideResult, StepClock
+from ssl_zoo.cli import main
+from ssl_zoo.errors import ConfigError
+
+TINY_BENCH = ["data=synthetic", "image_size=16", "batch_size=8", "steps=2", "rounds=1", "warmup=0", "workers=0",
+              "precision=32-true", "data.num_samples=32", "data.num_test_samples=16", "data.val_batch_size=16"]
+
+
+def test_side_result_rates_are_views_times_batch_over_the_median_step():
+    res = SideResult(batch_size=8, views=2, blocks=[Block([1.0, 3.0], [0.5, 0.5], 100), Block([2.0], [1.0], 300)])
+    assert res.num_steps == 3 and res.median_step_s == 2.0
+    assert res.samples_per_s == 4.0 and res.images_per_s == 8.0
+    assert res.data_wait == pytest.approx(2.0 / 6.0)
+    assert res.peak_bytes == 300
+
+
+def test_side_result_without_steps_reads_nan_not_zero():
+    res = SideResult(batch_size=8, views=2)
+    assert math.isnan(res.images_per_s) and math.isnan(res.data_wait)
+    assert math.isnan(measure.ratio(1.0, float("nan")))
+
+
+def test_step_clock_drops_warmup_and_splits_the_wait_from_the_step(monkeypatch):
+    ticks = iter([0.0,            # start
+                  1.0, 3.0,       # step 0 (warm-up): ready at 1, done at 3
+                  3.5, 6.0,       # step 1: waited 0.5 s, took 3 s
+                  7.0, 8.0])      # step 2: waited 1 s, took 2 s
+    monkeypatch.setattr(measure.time, "perf_counter", lambda: next(ticks))
+    clock = StepClock(torch.device("cpu"), warmup=1)
+    clock.start()
+    for _ in range(3):
+        clock.batch_ready()
+        clock.step_done()
+    assert clock.step_s == [3.0, 2.0]
+    assert clock.wait_s == [0.5, 1.0]
+
+
+def test_rss_peak_is_a_positive_byte_count():
+    peak = measure.PeakMemory(torch.device("cpu"))
+    peak.reset()
+    assert peak.peak_bytes() > 1 << 20
+
+
+def test_arguments_are_typed_and_training_overrides_pass_through():
+    bench, overrides = parse_bench_args(["batch_size=64", "precision=auto,32-true", "sweep=all", "workers=null",
+                                         "cifar_stem=true", "methods=simclr", "method.temperature=0.5"])
+    assert bench.batch_size == 64 and bench.precision == ["auto", "32-true"] and bench.workers is None
+    assert bench.sweep == ["batch", "size", "views", "knn"] and bench.cifar_stem is True
+    assert overrides == ["method.temperature=0.5"]
+
+
+@pytest.mark.parametrize("arg,key", [("steps=0", "steps"), ("batch_size=abc", "batch_size"), ("devic=cpu", "devic"),
+                                     ("methods=nope", "methods"), ("sweep=speed", "sweep"), ("device=tpu", "device")])
+def test_bad_argument_names_its_key(arg, key):
+    with pytest.raises(ConfigError) as e:
+        parse_bench_args([arg])
+    assert e.value.key == key
+
+
+def test_bench_cli_error_is_one_line_with_exit_2(capsys):
+    assert main(["bench", "stepz=3"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and "stepz" in err[0]
+
+
+def test_rows_alternate_the_sides_and_auto_is_measured_once_where_it_is_fp32(monkeypatch):
+    from ssl_zoo.bench import lightly_loop, ours, runner
+
+    order = []
+    monkeypatch.setattr(ours, "run_block", lambda cfg, device, warmup: order.append("ours") or
+                        Block([2.0, 2.0], [0.0, 0.0], 1))
+    monkeypatch.setattr(lightly_loop, "run_block", lambda *a: order.append("lightly") or
+                        Block([1.0, 1.0], [0.5, 0.5], 1))
+    monkeypatch.setattr("ssl_zoo.precision.cpu_has_native_bf16", lambda: False)
+    bench, overrides = parse_bench_args(["methods=simclr", "rounds=3", "precision=auto,32-true", "data=synthetic",
+                                         "image_size=16", "batch_size=8", "data.num_samples=32",
+                                         "data.num_test_samples=16", "device=cpu"])
+    report = runner.run_bench(bench, overrides, log=lambda m: None)
+    assert order == ["ours", "lightly", "lightly", "ours", "ours", "lightly"]
+    rows = [line for line in report.splitlines() if line.startswith("| simclr")]
+    assert len(rows) == 2  # one row per side: auto resolved to 32-true, measured once
+    assert "auto (32-true)" in rows[0] and "**0.50x**" in rows[0]
+
+
+# --- the lightly side -----------------------------------------------------------------------------
+
+
+def _tiny_cfg(method: str, *extra: str):
+    from ssl_zoo.bench.ours import compose_run
+
+    bench, overrides = parse_bench_args([*TINY_BENCH, f"methods={method}", *extra])
+    return compose_run(method, bench, 8, 16, "32-true", torch.device("cpu"), overrides)
+
+
+HEADS = {"simclr": ["method.proj_hidden_dim=32", "method.proj_output_dim=16"],
+         "byol": ["method.proj_hidden_dim=32", "method.proj_output_dim=16", "method.pred_hidden_dim=32"],
+         "moco_v2": ["method.proj_hidden_dim=32", "method.proj_output_dim=16", "method.queue_size=64"],
+         "dino": ["method.out_dim=32", "method.hidden_dim=32", "method.bottleneck_dim=16"]}
+
+
+@pytest.mark.parametrize("method", list(HEADS))
+def test_lightly_recipe_matches_our_views_and_trains_a_step(method):
+    pytest.importorskip("lightly")
+    from PIL import Image
+
+    from ssl_zoo.bench.lightly_loop import RECIPES, build_optimizer
+    from ssl_zoo.methods import METHODS
+
+    if method not in METHODS:
+        pytest.skip(f"{method} is not registered")
+    cfg = _tiny_cfg(method, *HEADS[method])
+    recipe = RECIPES[method](cfg, 4)
+    ours_views = [int(g.num) for g in cfg.augmentation.crops]
+    views = recipe.transform(Image.new("RGB", (28, 28), (120, 60, 30)))
+    assert len(views) == sum(ours_views)
+    assert views[0].shape == (3, 16, 16)
+    batch = [torch.stack([v] * 4) for v in views]
+    optimizer = build_optimizer(cfg, recipe.model)
+    before = [p.detach().clone() for p in recipe.model.parameters() if p.requires_grad]
+    loss = recipe.loss(batch, 0)
+    loss.backward()
+    recipe.after_backward(0)
+    optimizer.step()
+    assert torch.isfinite(loss)
+    after = [p for p in recipe.model.parameters() if p.requires_grad]
+    assert any(not torch.equal(a, b) for a, b in zip(after, before))
+
+
+def test_lightly_knn_vote_agrees_with_ours_on_separated_clusters():
+    pytest.importorskip("lightly")
+    from ssl_zoo.bench.knn_cost import lightly_knn_top1
+    from ssl_zoo.eval.knn import knn_accuracy
+
+    g = torch.Generator().manual_seed(0)
+    centres = torch.randn(5, 16, generator=g) * 4
+    bank_labels = torch.arange(200) % 5
+    test_labels = torch.randint(0, 5, (60,), generator=g)
+    bank = centres[bank_labels] + torch.randn(200, 16, generator=g)
+    test = centres[test_labels] + 2.5 * torch.randn(60, 16, generator=g)
+    ours = knn_accuracy(bank, bank_labels, test, test_labels, 5, k=20, temperature=0.1)[1]
+    theirs = lightly_knn_top1(bank, bank_labels, test, test_labels, 5, k=20, temperature=0.1, batch_size=16)
+    assert ours == pytest.approx(theirs)
+    assert 0 < ours < 100  # the noise makes some test points ambiguous, so the comparison means something
+
+
+@pytest.mark.slow
+def test_two_step_run_of_both_sides_prints_a_table(tmp_path, monkeypatch):
+    pytest.importorskip("lightly")
+    from ssl_zoo.bench import run_bench
+
+    monkeypatch.chdir(tmp_path)
+    bench, overrides = parse_bench_args([*TINY_BENCH, "methods=simclr", f"out={tmp_path / 'speed.md'}",
+                                         *HEADS["simclr"]])
+    report = run_bench(bench, overrides, log=lambda m: None)
+    rows = [line.split("|") for line in report.splitlines() if line.startswith("| simclr")]
+    assert [r[7].strip() for r in rows] == ["ours", "lightly"]
+    for r in rows:
+        assert int(r[8]) == 2 and float(r[9].replace(",", "")) > 0  # 2 measured steps, a finite rate
+    assert rows[0][13].strip().startswith("**") and (tmp_path / "speed.md").read_text() == report
+    assert not (tmp_path / "outputs").exists()  # the run directories were temporary
