@@ -26,7 +26,6 @@ from typing import ClassVar
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from sklearn.metrics import normalized_mutual_info_score
 
 from ssl_zoo.distributed import rank
 from ssl_zoo.errors import ConfigError, check
@@ -98,6 +97,8 @@ class DeepCluster(Method):
                             backend=hp.kmeans_backend).assignments.to(labels.device)
         labels = from_rank0(labels)
         if int(self.clustered_epoch) >= 0:  # the paper's Fig. 2b: NMI between consecutive clusterings
+            from sklearn.metrics import normalized_mutual_info_score  # imported here: every CLI start imports methods
+
             nmi = normalized_mutual_info_score(self.pseudo_labels.cpu().numpy(), labels.cpu().numpy())
             self.log("train/nmi_to_previous_clustering", float(nmi))
         sizes = torch.bincount(labels, minlength=hp.num_clusters).clamp(min=1).float()
