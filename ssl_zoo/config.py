@@ -182,7 +182,28 @@ def validate_config(cfg: DictConfig) -> dict[str, Any]:
             obj.validate(group)
         typed[group] = obj
     _check_across_groups(typed)
+    _check_devices(typed["trainer"])
+    typed["data"].check_paths("data")
     return typed
+
+
+def _check_devices(trainer: TrainerConfig) -> None:
+    """Asking for more GPUs than the machine has stops here, with the key, not in Lightning's launcher.
+    (CPU "devices" are processes, as many as asked for.)"""
+    import torch
+
+    gpus = torch.cuda.device_count()
+    on_gpu = trainer.accelerator in ("gpu", "cuda") or (trainer.accelerator == "auto" and gpus > 0)
+    if not on_gpu or trainer.devices in ("auto", -1):
+        return
+    ids = list(trainer.devices) if isinstance(trainer.devices, (list, tuple)) else None
+    wanted = len(ids) if ids is not None else trainer.devices
+    hint = "use trainer.accelerator=cpu" if gpus == 0 else "or trainer.devices=auto for all of them"
+    check(wanted <= gpus, "trainer.devices", trainer.devices,
+          f"at most {gpus}, the CUDA devices on this machine (trainer.accelerator={trainer.accelerator})", hint)
+    if ids is not None:
+        check(all(isinstance(i, int) and 0 <= i < gpus for i in ids), "trainer.devices", trainer.devices,
+              f"CUDA device ids in 0..{gpus - 1}")
 
 
 def _check_across_groups(typed: dict[str, Any]) -> None:

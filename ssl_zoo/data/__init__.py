@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ssl_zoo.data.config import KNOWN_CLASSES, NAMES, DataConfig
 from ssl_zoo.data.datamodule import (
+    UNREADABLE_FILE,
     EvalDataset,
     ResumableDataLoader,
     SSLDataModule,
@@ -12,13 +13,22 @@ from ssl_zoo.data.datamodule import (
     item_seed,
     seeded_rng,
 )
-from ssl_zoo.data.datasets import ArrayDataset, FileDataset, Splits, build_datasets, load_image
+from ssl_zoo.data.datasets import (
+    ArrayDataset,
+    FileDataset,
+    Splits,
+    UnreadableImages,
+    build_datasets,
+    load_image,
+    to_mode,
+)
 from ssl_zoo.data.fashion_mnist import load_fashion_mnist, read_idx
 from ssl_zoo.data.sampler import ResumableSampler
 from ssl_zoo.data.synthetic import make_synthetic
 
 __all__ = [
-    "KNOWN_CLASSES", "NAMES", "DataConfig", "EvalDataset", "ResumableDataLoader", "SSLDataModule",
+    "KNOWN_CLASSES", "NAMES", "DataConfig", "UNREADABLE_FILE", "EvalDataset", "ResumableDataLoader", "SSLDataModule",
     "TrainViewDataset", "collate_views", "item_seed", "seeded_rng", "ArrayDataset", "FileDataset", "Splits",
-    "build_datasets", "load_image", "load_fashion_mnist", "read_idx", "ResumableSampler", "make_synthetic",
+    "UnreadableImages",
+    "build_datasets", "load_image", "to_mode", "load_fashion_mnist", "read_idx", "ResumableSampler", "make_synthetic",
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Optional
 
 from ssl_zoo.errors import check
@@ -10,6 +11,8 @@ from ssl_zoo.errors import check
 # Class counts of the fixed data sets; imagefolder and synthetic take data.num_classes from the user.
 KNOWN_CLASSES = {"fashion_mnist": 10, "cifar10": 10, "cifar100": 100, "stl10": 10}
 NAMES = (*KNOWN_CLASSES, "imagefolder", "synthetic")
+# torchvision's ImageFolder extensions (torchvision.datasets.folder.IMG_EXTENSIONS), any letter case.
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
 
 @dataclass
@@ -87,3 +90,23 @@ class DataConfig:
                 check(bool(self.val_root), f"{prefix}.val_root", self.val_root,
                       "a folder of held-out images with the same class folders with data.labelled=true",
                       "the kNN monitor and the probe score it; or set data.labelled=false")
+
+    def check_paths(self, prefix: str = "data") -> None:
+        """The folders named exist (and an image folder holds images): checked before a run starts, apart
+        from :meth:`validate` so that a config can be validated on a machine without the data."""
+        if self.name == "imagefolder":
+            _check_image_folder(self.root, f"{prefix}.root")
+            if self.labelled:
+                _check_image_folder(self.val_root, f"{prefix}.val_root")
+        elif self.root and self.name in KNOWN_CLASSES:
+            check(Path(self.root).expanduser().exists(), f"{prefix}.root", self.root,
+                  f"an existing folder holding the {self.name} files", "this path does not exist")
+
+
+def _check_image_folder(root: str, key: str) -> None:
+    """``root`` is a folder with at least one image file somewhere below it (the search stops at the first)."""
+    path = Path(root).expanduser()
+    check(path.is_dir(), key, root, "an existing folder of images", "this folder does not exist")
+    has_image = any(p.suffix.lower() in IMAGE_EXTENSIONS for p in path.rglob("*"))
+    check(has_image, key, root, "a folder holding image files (" + ", ".join(IMAGE_EXTENSIONS) + ")",
+          "none found, searched recursively")

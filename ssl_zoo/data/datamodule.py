@@ -21,9 +21,11 @@ top of a loader with a length, so a handed-out batch is a batch the loop trained
 
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -34,9 +36,14 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from ssl_zoo.data.config import DataConfig
-from ssl_zoo.data.datasets import Splits, build_datasets
+from ssl_zoo.data.datasets import FileDataset, Splits, UnreadableImages, build_datasets
 from ssl_zoo.data.sampler import ResumableSampler, world
 from ssl_zoo.errors import DataError
+
+log = logging.getLogger(__name__)
+
+# Written into the run directory: one line per image file that could not be decoded and was skipped.
+UNREADABLE_FILE = "unreadable_images.txt"
 
 ViewTransform = Callable[[Image.Image], Sequence[Tensor]]
 _MASK64 = (1 << 64) - 1
@@ -213,6 +220,8 @@ class SSLDataModule(pl.LightningDataModule):
         self.train_transform, self.eval_transform = train_transform, eval_transform
         self.batch_transform = batch_transform
         self._splits: Splits | None = None
+        self.unreadable = UnreadableImages()  # shared by every file-backed split (train, bank, test)
+        self._told_unlabelled = False
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         if self.batch_transform is None or self.trainer is None or not self.trainer.training:
@@ -225,7 +234,28 @@ class SSLDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         """Build the data sets once; later calls (Lightning calls it per stage) reuse the arrays."""
         if self._splits is None:
-            self._splits = build_datasets(self.cfg)
+            splits = build_datasets(self.cfg)
+            for part in self._file_sets(splits):
+                part.unreadable = self.unreadable
+                part[0]  # the first readable file stands in for unreadable ones; none at all is a DataError
+            self._splits = splits
+
+    @staticmethod
+    def _file_sets(splits: Splits) -> list[FileDataset]:
+        parts = {id(p): p for p in (splits.train, splits.bank, splits.test) if isinstance(p, FileDataset)}
+        return list(parts.values())
+
+    def _attach_unreadable_list(self) -> None:
+        """Unreadable files are listed in the run directory once a trainer (and so a run) exists."""
+        if self.trainer is not None and self._file_sets(self.splits):
+            self.unreadable.attach(Path(self.trainer.default_root_dir) / UNREADABLE_FILE)
+
+    def teardown(self, stage: str) -> None:
+        skipped = len(self.unreadable)
+        if skipped:
+            where = f"; listed in {self.unreadable.file}" if self.unreadable.file else ""
+            log.warning("%d unreadable image file(s) were skipped, each replaced by the next readable one%s",
+                        skipped, where)
 
     @property
     def splits(self) -> Splits:
@@ -260,6 +290,11 @@ class SSLDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> ResumableDataLoader:
         cfg, world_size = self.cfg, world()[0]
+        self._attach_unreadable_list()
+        if not self.has_labels and not self._told_unlabelled:
+            self._told_unlabelled = True
+            log.info("data.name=%s with data.labelled=%s has no labels: the kNN monitor, the online probe and "
+                     "the representation health checks are off for this run", cfg.name, cfg.labelled)
         per_device = self.train_size // world_size
         if per_device < cfg.batch_size:
             raise DataError(f"data.batch_size={cfg.batch_size} exceeds the {per_device} training images per "
@@ -278,6 +313,7 @@ class SSLDataModule(pl.LightningDataModule):
         gets an equal shard. Empty without labels (no kNN, no probe)."""
         if not self.has_labels:
             return []
+        self._attach_unreadable_list()
         splits, cfg = self.splits, self.cfg
         world_size, rank = world()
         parts = ((splits.bank, cfg.knn_bank_size, 1), (splits.test, cfg.val_size, 2))

@@ -15,10 +15,17 @@ Splits:
 * imagefolder: ``root`` in torchvision's ImageFolder layout (``root/<class>/<image>``) with ``val_root``
   alike, or, with ``labelled=false``, every image file under ``root`` (recursively) and no evaluation.
 * synthetic: :func:`ssl_zoo.data.synthetic.make_synthetic`, train and test drawn from one seed.
+
+Image files of any PIL mode (``1``, ``L``, ``P`` with or without transparency, ``RGB``, ``RGBA``, ``CMYK``,
+16-bit grey) and any size are converted to the mode asked for (:func:`to_mode`); the transforms resize.
+A file that cannot be decoded (corrupt, truncated, empty, unreadable) never stops an epoch: the next
+readable file in path order stands in for it (so a batch is whole and the substitute is the same in every
+run and after a resume), and the file is logged once and listed in :class:`UnreadableImages`.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from functools import partial
@@ -28,14 +35,13 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
-from ssl_zoo.data.config import DataConfig
+from ssl_zoo.data.config import IMAGE_EXTENSIONS, DataConfig
 from ssl_zoo.data.fashion_mnist import DEFAULT_ROOT as FASHION_MNIST_ROOT
 from ssl_zoo.data.fashion_mnist import load_fashion_mnist
 from ssl_zoo.data.synthetic import make_synthetic
 from ssl_zoo.errors import DataError
 
-# torchvision's ImageFolder extensions (torchvision.datasets.folder.IMG_EXTENSIONS), any letter case.
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+log = logging.getLogger(__name__)
 
 DEFAULT_ROOTS = {"fashion_mnist": FASHION_MNIST_ROOT, "cifar10": "data/cifar10", "cifar100": "data/cifar100",
                  "stl10": "data/stl10"}
@@ -56,7 +62,77 @@ def load_image(path: str | os.PathLike, mode: str = "RGB") -> Image.Image:
     """The image file at ``path`` decoded and converted to ``mode``; every file-backed set reads here."""
     with open(path, "rb") as f:
         image = Image.open(f)
-        return image.convert(mode)  # convert() decodes now, while the file is open
+        image.load()  # decode now, while the file is open: a truncated or corrupt file raises here
+        return to_mode(image, mode)
+
+
+def to_mode(image: Image.Image, mode: str) -> Image.Image:
+    """``image`` in ``mode`` (``L`` or ``RGB``) whatever its own mode.
+
+    Palette images with a transparent colour go through ``RGBA`` (PIL warns otherwise); 16- and 32-bit
+    integer and float images are scaled to 8 bits rather than clipped (a 16-bit PNG would turn white).
+    """
+    if image.mode == mode:
+        return image
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    elif image.mode in ("I", "F") or image.mode.startswith("I;"):
+        values = np.asarray(image, dtype=np.float64)
+        top = values.max(initial=0.0)
+        scale = 255.0 if image.mode == "F" and top <= 1.0 else 255.0 / 65535.0 if top > 255 else 1.0
+        image = Image.fromarray(np.clip(values * scale, 0, 255).round().astype(np.uint8), "L")
+    return image.convert(mode)
+
+
+class UnreadableImages:
+    """Image files that could not be decoded: each logged once (a warning in the run log) and, once
+    :meth:`attach`-ed to a file, appended to it as one ``path<TAB>error`` line.
+
+    Data-loader workers are separate processes, so the file is the shared record: appends of one short
+    line are atomic, and :meth:`paths` reads it back (without duplicates) to count.
+    """
+
+    def __init__(self) -> None:
+        self.file: Path | None = None
+        self._seen: dict[str, str] = {}
+
+    def attach(self, file: str | os.PathLike) -> None:
+        """List in ``file`` from now on; files it already lists (from before a resume) are not repeated."""
+        self.file = Path(file)
+        listed = self._read()
+        for path, reason in self._seen.items():
+            if path not in listed:
+                self._append(path, reason)
+        self._seen = {**listed, **self._seen}
+
+    def record(self, path: str, error: BaseException) -> None:
+        if path in self._seen:
+            return
+        reason = f"{type(error).__name__}: {error}".replace("\t", " ").replace("\n", " ")
+        self._seen[path] = reason
+        log.warning("skipped unreadable image %s (%s); the next readable image stands in for it", path, reason)
+        if self.file is not None:
+            self._append(path, reason)
+
+    def paths(self) -> list[str]:
+        """Every unreadable file found so far, by this process or (through the file) its workers."""
+        return sorted({*self._seen, *self._read()})
+
+    def __len__(self) -> int:
+        return len(self.paths())
+
+    def _read(self) -> dict[str, str]:
+        if self.file is None or not self.file.is_file():
+            return {}
+        lines = (line.rsplit("\t", 1) for line in self.file.read_text().splitlines() if line)
+        return {parts[0]: parts[-1] for parts in lines}
+
+    def reason(self, path: str) -> str | None:
+        return self._seen.get(path) or self._read().get(path)
+
+    def _append(self, path: str, reason: str) -> None:
+        with open(self.file, "a") as f:  # one write() of one line: whole even with several writers
+            f.write(f"{path}\t{reason}\n")
 
 
 class ArrayDataset(Dataset):
@@ -80,16 +156,37 @@ class ArrayDataset(Dataset):
 
 
 class FileDataset(Dataset):
-    """Image files: item ``i`` is ``(load_image(paths[i], mode), labels[i])``."""
+    """Image files: item ``i`` is ``(load_image(paths[i], mode), labels[i])``.
 
-    def __init__(self, paths: list[str], labels: np.ndarray, mode: str):
+    When file ``i`` cannot be decoded, item ``i`` is the next readable file (``i+1``, ``i+2``... wrapping
+    around) with its own label, and file ``i`` is recorded in ``unreadable``; a data set without any
+    readable file is a :class:`DataError`.
+    """
+
+    def __init__(self, paths: list[str], labels: np.ndarray, mode: str,
+                 unreadable: UnreadableImages | None = None):
         self.paths, self.labels, self.mode = paths, np.asarray(labels, dtype=np.int64), mode
+        self.unreadable = unreadable if unreadable is not None else UnreadableImages()
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> tuple[Image.Image, int]:
-        return load_image(self.paths[i], self.mode), int(self.labels[i])
+        for k in range(len(self.paths)):
+            j = (i + k) % len(self.paths)
+            try:
+                image = load_image(self.paths[j], self.mode)
+            except Exception as e:  # noqa: BLE001 - any decoder failure of a user's file: skip it, never crash
+                self.unreadable.record(self.paths[j], e)
+                continue
+            return image, int(self.labels[j])
+        raise DataError(f"none of the {len(self.paths)} image files under {_common_folder(self.paths)} can be "
+                        f"read (e.g. {self.paths[0]}: {self.unreadable.reason(self.paths[0])}): "
+                        "check the files or point data.root at readable images")
+
+
+def _common_folder(paths: list[str]) -> str:
+    return os.path.commonpath(paths) if paths else "?"
 
 
 @dataclass
