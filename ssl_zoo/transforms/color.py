@@ -1,4 +1,5 @@
-"""Colour-space conversion on batches: sRGB to CIE L*a*b* (D65), as CMC splits an image into L and ab.
+"""Colour-space conversion on batches: sRGB to CIE L*a*b* (D65), as CMC splits an image into L and ab;
+the quantised colour bins that colorization and split-brain autoencoders classify over.
 
 The formulas are the CIE / IEC 61966-2-1 definitions: sRGB values are linearised
 (c / 12.92 below 0.04045, ((c + 0.055) / 1.055)^2.4 above), mapped to XYZ with the sRGB D65 matrix,
@@ -11,6 +12,7 @@ These are data transforms, not layers: no gradient flows through them.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import lru_cache
 
 import torch
 from torch import Tensor
@@ -59,3 +61,57 @@ def normalized_rgb_to_lab(x: Tensor, mean: Sequence[float], std: Sequence[float]
     in about [-1, 1]): [B, 3, H, W] -> [B, 3, H, W]; channel 0 is L, channels 1-2 are ab."""
     lab = rgb_to_lab(denormalize(x, mean, std))
     return (lab - _per_channel(LAB_MEAN, lab)) / _per_channel(LAB_STD, lab)
+
+
+# --- Lab of any data set, and the quantised colour bins of colorization (Zhang et al. 2016, 2017) ---------
+
+
+@torch.no_grad()
+def normalized_to_lab(x: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
+    """Data-normalised images with 1 (grey) or 3 (RGB) channels -> unnormalised L*a*b* [B, 3, H, W].
+
+    Grey images are taken as R = G = B, so their a and b are 0 (up to rounding): on a grey data set
+    a colour target carries no information."""
+    pixels = denormalize(x, mean, std)
+    if pixels.shape[1] == 1:
+        pixels = pixels.expand(-1, 3, -1, -1)
+    return rgb_to_lab(pixels)
+
+
+@lru_cache(maxsize=8)
+def _ab_bins(grid: float, levels: int) -> Tensor:
+    v = torch.linspace(0.0, 1.0, levels, dtype=torch.float64)
+    rgb = torch.stack(torch.meshgrid(v, v, v, indexing="ij")).reshape(1, 3, -1, 1)
+    ab = rgb_to_lab(rgb)[0, 1:, :, 0]                     # [2, levels^3]
+    cells = torch.unique(torch.round(ab / grid), dim=1)   # sorted by a, then b
+    return (cells.t() * grid).float()
+
+
+def ab_bins(grid: float = 10.0, levels: int = 64) -> Tensor:
+    """Centres [Q, 2] of the ab cells of side ``grid`` that hold at least one sRGB colour.
+
+    Zhang et al. (2016) quantise ab with a grid of 10 and keep the Q = 313 in-gamut cells of their own
+    gamut test; here the gamut is sampled on a ``levels``^3 grid of the sRGB cube and a cell is kept
+    when some colour rounds to its centre (multiples of ``grid``), which gives Q = 261 at grid 10.
+    A new tensor each call (the cached one is never handed out)."""
+    return _ab_bins(float(grid), int(levels)).clone()
+
+
+def soft_encode(values: Tensor, centres: Tensor, k: int = 5, sigma: float = 5.0) -> tuple[Tensor, Tensor]:
+    """Soft-encoding of Zhang et al. (2016), sec. 2.1: each value's ``k`` nearest bin centres, weighted by a
+    Gaussian of the distance (``sigma``) and summing to 1.
+
+    ``values`` [N, D], ``centres`` [Q, D] -> ``(targets [N, Q], nearest [N])``: the soft targets and each
+    value's nearest bin (the hard label, used by class rebalancing)."""
+    distances = torch.cdist(values.float(), centres.float())           # [N, Q]
+    k = min(k, centres.shape[0])
+    near_d, near_i = distances.topk(k, dim=1, largest=False)            # ascending distance
+    weights = torch.softmax(-near_d.pow(2) / (2 * sigma ** 2), dim=1)
+    targets = torch.zeros_like(distances).scatter_(1, near_i, weights)
+    return targets, near_i[:, 0]
+
+
+def quantize(values: Tensor, low: float, high: float, bins: int) -> Tensor:
+    """Bin index of each value in ``bins`` equal cells over [low, high] (values outside go to the ends)."""
+    index = torch.floor((values - low) / (high - low) * bins).long()
+    return index.clamp_(0, bins - 1)
