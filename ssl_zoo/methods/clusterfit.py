@@ -6,9 +6,9 @@
         loss = cross_entropy(g(N_cf(aug(x))), y[i])
 
 Recipe (ImageNet): N_pre is a self-supervised ResNet-50 (Jigsaw or RotNet), its pooled res5 features
-clustered by k-means into K clusters (the paper sweeps K, from thousands to tens of thousands); N_cf a
+clustered by k-means into K clusters (the paper sweeps K; 16000 RotNet clusters for ImageNet-1k); N_cf a
 ResNet-50 trained on the cluster ids like a supervised classifier (supervised ImageNet crops, SGD
-momentum 0.9, wd 1e-4, step schedule). ClusterFit over RotNet: ~+7 points of ImageNet linear top-1.
+momentum 0.9, wd 1e-4, step schedule), which transfers better than its teacher.
 
 Here the teacher is any ssl_zoo checkpoint (``method.teacher_ckpt``): its method is rebuilt from the
 config stored in it and its backbone weights are loaded; its features are those of the evaluation view
