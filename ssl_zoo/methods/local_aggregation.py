@@ -128,7 +128,8 @@ class LocalAggregation(Method):
         h = self.backbone(views[0])
         v = F.normalize(self.embedding(h), dim=1)
         background, close = self.neighbours(v, index)
-        similarities = (v.unsqueeze(1) * self.bank(background).to(v.dtype)).sum(dim=2)  # [B, K]
+        # [B, K] in float32: at T = 0.07 the bf16 rounding of a similarity would move its logit by ~0.1.
+        similarities = (v.float().unsqueeze(1) * self.bank(background).float()).sum(dim=2)
         loss = local_aggregation_loss(similarities, close, self.hp.temperature)
         self.bank.update(gather_no_grad(index), gather_no_grad(v))
         return StepOutput(loss, features=h, logs={"close_fraction": close.float().mean()})
