@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -55,9 +56,9 @@ def safe_torch_load(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001 - corrupt, truncated or unsafe files get the same answer
-        unsafe = "weights_only" in str(e) or "Unsupported global" in str(e)
-        why = "it holds pickled objects beyond tensors and plain values, refused for safety" if unsafe \
-            else f"it is not a readable checkpoint ({type(e).__name__})"
+        unsafe = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        why = f"unpickling it would call {unsafe.group(1)} (objects beyond tensors and plain values), refused " \
+            "for safety" if unsafe else f"it is not a readable checkpoint ({type(e).__name__})"
         raise CheckpointError(f"checkpoint {path} cannot be loaded: {why}; give an ssl_zoo .ckpt "
                               "or start a fresh run") from None
 

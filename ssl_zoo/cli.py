@@ -21,6 +21,8 @@ checkpoint) prints one line starting with ``error:`` and exits with code 2, befo
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import sys
 from pathlib import Path
 
@@ -65,6 +67,14 @@ def compose(overrides: list[str], config_name: str = "train"):
             return hydra_compose(config_name, overrides=[o for o in overrides if not o.startswith("hydra")])
     except (HydraException, OmegaConfBaseException) as e:
         message = " ".join(str(e).split())
+        unknown = re.match(r"Could not override '([^']+)'", message)
+        if unknown:  # Hydra's advice (append it with +) is wrong for a typo: the schema refuses the key anyway
+            from ssl_zoo.errors import ConfigError
+
+            key = unknown.group(1)
+            value = next((o.partition("=")[2] for o in overrides if o.partition("=")[0] == key), None)
+            raise ConfigError(key, value, f"a known key of {key.rpartition('.')[0] or 'the config'}",
+                              "this key does not exist: check its spelling (`ssl-zoo list` shows the groups)") from None
         raise SSLZooError(f"bad override: {message}") from None
 
 
@@ -88,6 +98,7 @@ def _hydra_main(argv: list[str]) -> None:
             summary = train(cfg, Path(hydra_cfg.runtime.output_dir))
         except SSLZooError as e:
             print(f"error: {e}", file=sys.stderr)
+            _FAILURES.append(e)
             raise SystemExit(2) from None
         return summary.get("knn_top1")  # the value a sweeper maximises
 
@@ -113,16 +124,69 @@ def cmd_train(args: list[str]) -> int:
         return 0
     cfg = compose(overrides)
     validate_config(cfg)
-    if not any(o.startswith("hydra.run.dir=") for o in overrides):
-        run_dir = None
-        if cfg.get("resume") == "auto":
-            run_dir = find_run_to_resume(config_hash(cfg))
-            if run_dir is not None:
-                print(f"resume=auto: continuing {run_dir}", flush=True)
-        run_dir = run_dir or new_run_dir()
-        args = [*args, f"hydra.run.dir={run_dir}"]
-    _hydra_main(args)
+    if any(o.startswith("hydra.run.dir=") for o in overrides):  # given, or a DDP rank started by the launcher
+        return _run_in(args, None, None)
+    run_dir = None
+    if cfg.get("resume") == "auto":
+        run_dir = find_run_to_resume(config_hash(cfg))
+    if run_dir is not None or cfg.get("resume") not in (None, "", "null", "auto"):
+        from ssl_zoo.train import resolve_checkpoint
+
+        # a missing, unsafe or other method's checkpoint stops here, before anything is written
+        resolve_checkpoint(cfg.resume, run_dir or Path("."), cfg.method.name)
+    lock = lock_run_dir(run_dir) if run_dir is not None else None
+    if run_dir is not None:
+        print(f"resume=auto: continuing {run_dir}", flush=True)
+    created = None if run_dir is not None else new_run_dir()
+    if created is not None:
+        lock = lock_run_dir(created)
+    return _run_in([*args, f"hydra.run.dir={run_dir or created}"], created, lock)
+
+
+_FAILURES: list[SSLZooError] = []  # what stopped a run inside Hydra's task (it can only exit there)
+
+
+def _run_in(args: list[str], created: Path | None, lock) -> int:
+    """Run the Hydra task; a run directory ``created`` for a run that a config or data error stopped before
+    its first checkpoint is removed again, so a failed start leaves nothing behind."""
+    from ssl_zoo.errors import ConfigError, DataError
+
+    del _FAILURES[:]
+    try:
+        _hydra_main(args)
+    except SystemExit as e:
+        if e.code != 2 or not _FAILURES:
+            raise
+        if created is not None and isinstance(_FAILURES[-1], (ConfigError, DataError)) \
+                and not any(created.glob("checkpoints/*.ckpt")):
+            shutil.rmtree(created, ignore_errors=True)
+            try:
+                created.parent.rmdir()  # the date folder, when this run was its only one
+            except OSError:
+                pass
+        return 2
+    finally:
+        if lock is not None:
+            lock.close()
     return 0
+
+
+def lock_run_dir(run_dir: Path):
+    """An exclusive lock on ``run_dir`` for this process's lifetime (POSIX ``flock`` on ``run_dir/.lock``,
+    released by the kernel even after a kill -9): two ``resume=auto`` starts of one config never both
+    continue the same run. Returns the open lock file, or None where ``flock`` does not exist."""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        return None
+    handle = open(run_dir / ".lock", "a")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        raise SSLZooError(f"run directory {run_dir} is in use by another ssl-zoo train: wait for it to end, "
+                          "or start a separate run with resume=null") from None
+    return handle
 
 
 def cmd_list(args: list[str]) -> int:

@@ -147,6 +147,21 @@ def _allowed_keys(schema: type) -> str:
     return "one of: " + ", ".join(f.name for f in fields(schema)) if is_dataclass(schema) else "a known key"
 
 
+def _declared_type(schema: type, dotted: str) -> str | None:
+    """The annotation of ``dotted`` (``lr``, ``crops[0].size``) in the dataclass ``schema``, as written."""
+    field_type: Any = schema
+    for name in dotted.replace("[", ".[").split("."):
+        if name.startswith("["):
+            continue
+        if not is_dataclass(field_type):
+            return None  # inside a list or a string annotation: no simple answer
+        match = next((f for f in fields(field_type) if f.name == name), None)
+        if match is None:
+            return None
+        field_type = match.type
+    return field_type if isinstance(field_type, str) else getattr(field_type, "__name__", None)
+
+
 def typed_group(cfg: DictConfig, group: str, schema: type) -> Any:
     """``cfg[group]`` merged into ``schema`` and converted to the dataclass; errors name the key."""
     node = cfg.get(group)
@@ -160,10 +175,10 @@ def typed_group(cfg: DictConfig, group: str, schema: type) -> Any:
                           "this key does not exist: check its spelling") from None
     except ValidationError as e:
         key = f"{group}.{e.full_key or e.key}"
-        expected = getattr(e, "ref_type", None) or "the declared type"
+        expected = _declared_type(schema, str(e.full_key or e.key)) or "the declared type"
         reason = str(e).splitlines()[0]
-        raise ConfigError(key, OmegaConf.select(cfg, key, default=None),
-                          f"a value of type {getattr(expected, '__name__', expected)}", reason) from None
+        raise ConfigError(key, OmegaConf.select(cfg, key, default=None), f"a value of type {expected}",
+                          reason) from None
     except OmegaConfBaseException as e:
         raise ConfigError(group, "...", "a valid section", str(e).splitlines()[0]) from None
 
@@ -216,3 +231,9 @@ def _check_across_groups(typed: dict[str, Any]) -> None:
     num_views = sum(group.num for group in aug.crops)
     check(num_views >= min_views, "augmentation.crops", f"{num_views} view(s)",
           f"at least {min_views} views for method={method.name}")
+    sizes = [group.resolve_size(data.image_size) for group in aug.crops]
+    for i, size in enumerate(sizes[1:], start=1):
+        # multi-crop methods take the leading groups of the first group's size as the global views
+        check(size <= sizes[0], f"augmentation.crops[{i}].size", aug.crops[i].size,
+              f"at most the first group's size ({sizes[0]} px): the global, largest crops come first",
+              "reorder augmentation.crops from the largest size to the smallest")
