@@ -61,8 +61,10 @@ def test_list_shows_every_group_and_choice(capsys):
         assert name in out
 
 
+# Every method's end-to-end CLI run (a whole run directory) is checked by tests/test_kill_resume.py, whose
+# uninterrupted reference run is one; here, the three shapes of method with the in-process entry point.
 @pytest.mark.slow
-@pytest.mark.parametrize("method", sorted(METHODS))
+@pytest.mark.parametrize("method", ["simclr", "moco_v2", "byol"])
 def test_each_method_trains_five_steps_from_the_cli(method, in_tmp):
     assert main(["train", *tiny(method)]) == 0
     (run_dir,) = [p.parent for p in (in_tmp / "outputs").glob("*/*/summary.json")]

@@ -12,6 +12,7 @@ killed one, so each method costs about two run times.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -75,6 +76,16 @@ def assert_identical(a, b, where: str) -> None:
         assert a == b, f"{where}: {a!r} != {b!r}"
 
 
+def assert_complete_run(cwd: Path, method: str) -> None:
+    """The uninterrupted run is also every method's end-to-end CLI check: its run directory is whole."""
+    (run_dir,) = [p.parent for p in cwd.glob("outputs/*/*/summary.json")]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["steps"] == STEPS and summary["method"] == method and summary["knn_top1"] is not None
+    assert (run_dir / "config.yaml").exists() and (run_dir / "checkpoints" / "last.ckpt").exists()
+    header = (run_dir / "metrics.csv").read_text().splitlines()[0]
+    assert "train/loss" in header and "lr-" in header
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_sigkill_at_a_random_step_then_resume_auto_is_bit_identical(method, tmp_path):
@@ -99,6 +110,7 @@ def test_sigkill_at_a_random_step_then_resume_auto_is_bit_identical(method, tmp_
     out = finish(start(tmp_path / "killed", *overrides, "resume=auto"))
     assert "resume=auto: continuing" in out
     finish(straight)
+    assert_complete_run(tmp_path / "straight", method)
     a, b = last_checkpoint(tmp_path / "straight"), last_checkpoint(tmp_path / "killed")
     assert a["global_step"] == b["global_step"] == STEPS and a["epoch"] == b["epoch"]
     for key in ("state_dict", "optimizer_states", "lr_schedulers"):
