@@ -3,8 +3,9 @@
 Saving: the checkpoint is written to a temporary file next to the target, flushed and ``fsync``-ed,
 then ``os.replace``-d over it (an atomic rename on POSIX and Windows) and the directory entry is synced.
 A process killed at any moment therefore leaves either the previous checkpoint or the new one, never a
-torn file; a failed write (full disk, quota, permissions) removes the temporary file, keeps the
-previous checkpoint and raises :class:`ssl_zoo.errors.CheckpointError` with one line saying what to free.
+torn file (the next successful save of the same file removes the killed writer's temporary file); a
+failed write (full disk, quota, permissions) removes the temporary file, keeps the previous checkpoint
+and raises :class:`ssl_zoo.errors.CheckpointError` with one line saying what to free.
 
 Loading: always ``torch.load(..., weights_only=True)``: a checkpoint is tensors and plain values, so a
 file whose unpickling would build arbitrary objects (and could run code) is refused, not executed.
@@ -47,6 +48,8 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
         _remove_quietly(tmp)
         raise
     _fsync_dir(path.parent)
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a writer killed mid-write (kill -9)
+        _remove_quietly(str(stale))
 
 
 def safe_torch_load(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
