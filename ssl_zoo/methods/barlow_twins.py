@@ -22,6 +22,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
 from ssl_zoo.distributed import gather_with_grad
 from ssl_zoo.errors import check
 from ssl_zoo.heads import MLP
@@ -68,7 +70,11 @@ class BarlowTwins(Method):
     def step(self, views, index) -> StepOutput:
         h1 = self.backbone(views[0])
         z1, z2 = self.projector(h1), self.projector(self.backbone(views[1]))
-        terms = barlow_twins_terms(gather_with_grad(z1), gather_with_grad(z2), self.hp.off_diagonal_weight)
+        # The correlation's diagonal sits near 1, where bf16 keeps only ~2 decimals: float32 under autocast.
+        dtype = torch.promote_types(z1.dtype, torch.float32)
+        with torch.autocast(z1.device.type, enabled=False):
+            z1, z2 = gather_with_grad(z1).to(dtype), gather_with_grad(z2).to(dtype)
+            terms = barlow_twins_terms(z1, z2, self.hp.off_diagonal_weight)
         return StepOutput(terms["loss"], features=h1,
                           logs={"on_diagonal": terms["on_diagonal"].detach(),
                                 "off_diagonal": terms["off_diagonal"].detach()})

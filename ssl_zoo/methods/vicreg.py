@@ -21,6 +21,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
 from ssl_zoo.distributed import gather_with_grad
 from ssl_zoo.errors import check
 from ssl_zoo.heads import MLP
@@ -60,7 +62,10 @@ class VICReg(Method):
         hp = self.hp
         h1 = self.backbone(views[0])
         z1, z2 = self.projector(h1), self.projector(self.backbone(views[1]))
-        terms = vicreg_terms(gather_with_grad(z1), gather_with_grad(z2), hp.sim_weight, hp.var_weight,
-                             hp.cov_weight, hp.eps)
+        # Batch statistics (std, covariance) in float32 even under autocast: bf16 rounds them to ~2 decimals.
+        dtype = torch.promote_types(z1.dtype, torch.float32)
+        with torch.autocast(z1.device.type, enabled=False):
+            z1, z2 = gather_with_grad(z1).to(dtype), gather_with_grad(z2).to(dtype)
+            terms = vicreg_terms(z1, z2, hp.sim_weight, hp.var_weight, hp.cov_weight, hp.eps)
         logs = {k: terms[k].detach() for k in ("invariance", "variance", "covariance")}
         return StepOutput(terms["loss"], features=h1, logs=logs)
