@@ -22,7 +22,6 @@ from dist_utils import run_on_ranks
 from test_methods import build, fixed_batch
 
 from ssl_zoo.memory.bank import MemoryBank
-from ssl_zoo.memory.view_bank import ViewMemoryBank
 
 WORLD, BATCH = 2, 8
 TOL = dict(rtol=1e-5, atol=1e-5)
@@ -33,7 +32,7 @@ SMALL_BACKBONE = ("backbone=timm", "backbone.model_name=test_resnet")
 def _fixed_noise(model, *, seed: int = 7) -> None:
     """Memory-bank noise indices from one global table, rows split over ranks as the batch is: each
     rank draws its own noise, so only a shared table makes 2 x B/2 and 1 x B draw the same."""
-    for bank in (m for m in model.modules() if isinstance(m, (MemoryBank, ViewMemoryBank))):
+    for bank in (m for m in model.modules() if isinstance(m, MemoryBank)):
         def sample(rows: int, m: int, bank=bank) -> torch.Tensor:
             table = torch.randint(bank.size, (BATCH, m), generator=torch.Generator().manual_seed(seed))
             start = rows * (dist.get_rank() if dist.is_initialized() else 0)
@@ -45,7 +44,7 @@ def _given_log_z(model) -> None:
     """Memory-bank noise from a shared table and log Z set beforehand (as after the first step), so the
     bank updates and the NCE gradients are compared without the first step's estimate of Z."""
     _fixed_noise(model)
-    for bank in (m for m in model.modules() if isinstance(m, (MemoryBank, ViewMemoryBank))):
+    for bank in (m for m in model.modules() if isinstance(m, MemoryBank)):
         bank.log_z.fill_(8.0)
 
 
@@ -80,12 +79,7 @@ CASES = {
 # by view (both leave the queue at the same step). Compared as sets of rows.
 ROW_ORDER_FREE = {"simclr_v2": {"queue.queue"}}
 # Known differences between 2 x B/2 and 1 x B; each is a strict xfail, so a fix shows up as a failure here.
-KNOWN_GAPS = {
-    "instdisc": "MemoryBank.normaliser averages the per-rank estimates of log Z in log space (as cmc_nce)",
-    "cmc_nce": "ViewMemoryBank.normaliser averages the per-rank estimates of log Z in log space; the mean over "
-               "ranks of log mean(exp) is not log mean(exp) over the global batch, so the first step's Z, and "
-               "every later loss, depends on the number of ranks",
-}
+KNOWN_GAPS: dict[str, str] = {}
 
 
 def _build(method: str, extra: tuple[str, ...]):

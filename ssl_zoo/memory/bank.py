@@ -8,19 +8,20 @@ et al. 2019) reads neighbours and clusters off the whole bank (:meth:`MemoryBank
 
 State (the rows and each NCE objective's log Z) is in registered buffers, so a checkpoint holds it and
 a resumed run continues with the same bank. The bank does no collective work of its own except the
-one-off averaging of log Z: under data parallelism the caller passes *gathered* indices and features
-to :meth:`MemoryBank.update`, so every rank holds the same bank.
+one-off estimate of log Z over the global batch: under data parallelism the caller passes *gathered*
+indices and features to :meth:`MemoryBank.update`, so every rank holds the same bank.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from ssl_zoo.distributed import all_reduce_mean
-from ssl_zoo.losses.contrastive import estimate_nce_normaliser
+from ssl_zoo.distributed import gather_no_grad
 
 
 class MemoryBank(nn.Module):
@@ -68,11 +69,16 @@ class MemoryBank(nn.Module):
 
     @torch.no_grad()
     def normaliser(self, k: int, negative_logits: Tensor) -> Tensor:
-        """log Z of objective ``k``: estimated from the first negative logits it sees [N, m] (averaged over
-        ranks, so every rank keeps the same constant), then fixed."""
+        """log Z of objective ``k``: estimated from the first negative logits it sees [N, m], then fixed.
+
+        Under data parallelism the Monte-Carlo mean runs over the noise of *every* rank (the per-rank
+        log-sum-exps and counts are gathered and combined in linear space), so the constant is the one a
+        single device holding the global batch would estimate, and every rank keeps the same one."""
         if torch.isnan(self.log_z[k]):
-            estimate = estimate_nce_normaliser(negative_logits, self.size)
-            self.log_z[k] = all_reduce_mean(estimate.reshape(1).to(self.log_z.dtype))[0]
+            flat = negative_logits.detach().flatten().to(self.log_z.dtype)
+            lse = gather_no_grad(torch.logsumexp(flat, dim=0).reshape(1))
+            count = gather_no_grad(torch.tensor([flat.numel()], dtype=self.log_z.dtype, device=flat.device))
+            self.log_z[k] = torch.logsumexp(lse, dim=0) + math.log(self.size) - torch.log(count.sum())
         return self.log_z[k]
 
     @torch.no_grad()

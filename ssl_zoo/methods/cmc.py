@@ -33,7 +33,7 @@ from ssl_zoo.backbones import build_backbone
 from ssl_zoo.distributed import gather_no_grad, gather_with_grad
 from ssl_zoo.errors import ConfigError, check
 from ssl_zoo.losses.contrastive import info_nce, nce
-from ssl_zoo.memory.view_bank import ViewMemoryBank
+from ssl_zoo.memory import MemoryBank
 from ssl_zoo.methods.base import Method, MethodConfig, StepOutput
 from ssl_zoo.transforms.color import normalized_rgb_to_lab
 
@@ -63,7 +63,8 @@ class CMC(Method):
     Config = CMCConfig
 
     def __init__(self, cfg, num_train: int | None = None):
-        check(cfg.data.channels == 3, "data.channels", cfg.data.channels, "3 (RGB): CMC splits Lab colour into L and ab",
+        check(cfg.data.channels == 3, "data.channels", cfg.data.channels,
+              "3 (RGB): CMC splits Lab colour into L and ab",
               "choose an RGB data set, e.g. data=cifar10 or data=synthetic")
         super().__init__(cfg, num_train)
         hp, size = self.hp, cfg.data.image_size
@@ -76,8 +77,8 @@ class CMC(Method):
             if not num_train:
                 raise ConfigError("method.objective", hp.objective, "infonce when the training-set size is unknown",
                                   "the NCE memory banks need one row per training image")
-            self.bank_l = ViewMemoryBank(num_train, hp.embed_dim, hp.bank_momentum)
-            self.bank_ab = ViewMemoryBank(num_train, hp.embed_dim, hp.bank_momentum)
+            self.bank_l = MemoryBank(num_train, hp.embed_dim, hp.bank_momentum)
+            self.bank_ab = MemoryBank(num_train, hp.embed_dim, hp.bank_momentum)
 
     def split_views(self, x):
         lab = normalized_rgb_to_lab(x, self.cfg.data.mean, self.cfg.data.std)
@@ -85,13 +86,13 @@ class CMC(Method):
 
     def encode(self, x):
         """Backbone features of both views: ([N, D_l], [N, D_ab])."""
-        l, ab = self.split_views(x)
-        return self.backbone(l), self.encoder_ab(ab)
+        lightness, ab = self.split_views(x)
+        return self.backbone(lightness), self.encoder_ab(ab)
 
     def forward(self, images):
         return torch.cat(self.encode(images), dim=1)
 
-    def contrast(self, z, bank: ViewMemoryBank, index):
+    def contrast(self, z, bank: MemoryBank, index):
         """NCE of anchors z [N, E] against the other view's bank: positive its own row, m noise rows."""
         noise = bank.sample(z.shape[0], self.hp.num_negatives)                     # [N, m]
         positive = (z * bank(index)).sum(dim=1) / self.hp.temperature               # [N]
