@@ -78,7 +78,8 @@ def knn_table(bench, device: torch.device, overrides: list[str], log, repeats: i
     test, test_labels, test_s = extract(backbone, Subset(TransformedDataset(splits.test, transform), range(test_n)),
                                         data.val_batch_size, bench.num_workers, device)
     sides = [s for s in ("ours", "lightly") if s in bench.sides]
-    lines = [f"test images: {test_n} ({test_s:.1f} s to encode), k={k}, T={temperature}, median of {repeats} "
+    lines = [f"test images: {test_n} ({test_s:.1f} s to encode), k={k} (at most the bank), T={temperature}, "
+             f"median of {repeats} "
              "alternated repeats",
              "", "| bank images | encode bank s | bank images/s | kNN vote s (ours) | kNN vote s (lightly) | "
              "ours/lightly speed | top-1 ours / lightly |", "|" + "|".join([" --- "] * 7) + "|"]
@@ -86,6 +87,7 @@ def knn_table(bench, device: torch.device, overrides: list[str], log, repeats: i
         n_real = min(n, len(splits.bank))
         bank_set = Subset(TransformedDataset(splits.bank, transform), range(n_real))
         bank, bank_labels, bank_s = extract(backbone, bank_set, data.val_batch_size, bench.num_workers, device)
+        k_n = min(k, n_real)  # a bank smaller than k votes with all of it (lightly's knn_predict would fail)
         times: dict[str, list[float]] = {s: [] for s in sides}
         top1: dict[str, float] = {}
         for r in range(repeats):
@@ -93,9 +95,9 @@ def knn_table(bench, device: torch.device, overrides: list[str], log, repeats: i
                 _sync(device)
                 start = time.perf_counter()
                 if side == "ours":
-                    top1[side] = knn_accuracy(bank, bank_labels, test, test_labels, classes, k, temperature)[1]
+                    top1[side] = knn_accuracy(bank, bank_labels, test, test_labels, classes, k_n, temperature)[1]
                 else:
-                    top1[side] = lightly_knn_top1(bank, bank_labels, test, test_labels, classes, k, temperature,
+                    top1[side] = lightly_knn_top1(bank, bank_labels, test, test_labels, classes, k_n, temperature,
                                                   data.val_batch_size)
                 _sync(device)
                 times[side].append(time.perf_counter() - start)

@@ -65,6 +65,28 @@ def vit_patch(image_size: int) -> int:
     return 16 if image_size >= 224 else max(1, image_size // 8)
 
 
+def method_overrides_for(method: str, overrides: list[str]) -> list[str]:
+    """``overrides`` less the ``method.<key>=...`` ones whose key ``method``'s config does not have: one
+    bench run measures several methods, and a head width given for SimCLR means nothing to DINO."""
+    from dataclasses import fields
+
+    from ssl_zoo.methods import METHODS
+
+    keys = {f.name for f in fields(METHODS[method].Config)}
+    return [o for o in overrides if not o.lstrip("+~").startswith("method.")
+            or o.lstrip("+~").partition("=")[0].split(".")[1] in keys]
+
+
+def check_method_overrides(methods: list[str], overrides: list[str]) -> None:
+    """A ``method.<key>`` override that none of the measured methods has is a typo: stop before measuring."""
+    from ssl_zoo.errors import ConfigError
+
+    for o in overrides:
+        if o.lstrip("+~").startswith("method.") and not any(o in method_overrides_for(m, [o]) for m in methods):
+            key, _, value = o.lstrip("+~").partition("=")
+            raise ConfigError(key, value, "a field of one of the measured methods: " + ", ".join(methods))
+
+
 def compose_run(method: str, bench, batch_size: int, image_size: int, precision: str, device: torch.device,
                 overrides: list[str], local_views: int | None = None) -> DictConfig:
     """The run config of one row: the method's own yaml (its paper's heads, augmentation, optimizer),
@@ -83,6 +105,7 @@ def compose_run(method: str, bench, batch_size: int, image_size: int, precision:
         base += ["backbone=vit_tiny", f"backbone.patch_size={vit_patch(image_size)}"]
     else:
         base += ["backbone=resnet18", f"backbone.cifar_stem={str(bench.cifar_stem).lower()}"]
+    overrides = method_overrides_for(method, overrides)
     check_group_choices([*base, *overrides])
     cfg = compose([*base, *overrides])
     with open_dict(cfg):

@@ -162,6 +162,10 @@ def run_bench(bench: BenchConfig, overrides: list[str], log=None) -> str:
         from ssl_zoo.bench.lightly_loop import import_lightly
 
         import_lightly()
+    sweeps = sweep_rows(bench, set(METHODS))
+    from ssl_zoo.bench.ours import check_method_overrides
+
+    check_method_overrides(sorted({*bench.methods, *(r.method for _, rows in sweeps for r in rows)}), overrides)
     started = time.time()
     header = [f"machine: {machine_name(device)} ({device.type}, {torch.get_num_threads()} torch threads, "
               f"{bench.num_workers} loader workers), torch {torch.__version__}" + _lightly_version(bench),
@@ -178,7 +182,7 @@ def run_bench(bench: BenchConfig, overrides: list[str], log=None) -> str:
     for row in rows:
         measure_row(row, bench, device, overrides, log)
     sections.append(("Training step, end to end", rows))
-    for title, sweep in sweep_rows(bench, set(METHODS)):
+    for title, sweep in sweeps:
         sweep = dedupe(sweep, device)
         for row in sweep:
             measure_row(row, bench, device, overrides, log)
