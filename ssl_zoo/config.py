@@ -209,6 +209,9 @@ def _check_devices(trainer: TrainerConfig) -> None:
 
     gpus = torch.cuda.device_count()
     on_gpu = trainer.accelerator in ("gpu", "cuda") or (trainer.accelerator == "auto" and gpus > 0)
+    # torch's SyncBatchNorm has no CPU kernel: the first forward would fail after the ranks started
+    check(on_gpu or not trainer.sync_batchnorm, "trainer.sync_batchnorm", trainer.sync_batchnorm,
+          "false on CPU (global BN needs CUDA devices)", "set trainer.sync_batchnorm=false or run on GPUs")
     if not on_gpu or trainer.devices in ("auto", -1):
         return
     ids = list(trainer.devices) if isinstance(trainer.devices, (list, tuple)) else None

@@ -125,6 +125,8 @@ CASES = [
     ("zero devices", train("simclr", "trainer.devices=0"), "trainer.devices", "an integer >= 1"),
     ("more GPUs than exist", train("simclr", "trainer.accelerator=gpu", "trainer.devices=64"), "trainer.devices",
      "the CUDA devices on this machine"),
+    ("global BN on CPU", train("simclr", "trainer.accelerator=cpu", "trainer.sync_batchnorm=true"),
+     "trainer.sync_batchnorm", "global BN needs CUDA devices"),
     # cross-group
     ("queue not a multiple of the batch", train("moco_v2", "method.queue_size=100"), "method.queue_size",
      "a multiple of the global batch 8"),
