@@ -1,9 +1,9 @@
 """``trainer.precision=auto``: the fastest precision that is safe on the device at hand.
 
-Measured on this project's reference CPU (AMD EPYC, AVX2 without AVX-512 BF16): bf16 autocast runs
-ResNet-18 ~10x *slower* than fp32, so bf16 is chosen on a CPU only when it has native bf16 matrix
-units (AVX-512 BF16 or AMX). On CUDA, bf16 autocast where the GPU supports it, else fp16 with a scaler.
-See BENCHMARKS.md.
+Measured (BENCHMARKS.md): bf16 autocast runs ResNet-18 ~10x *slower* than fp32 on an AVX2-only AMD
+EPYC and 0.77x as fast on an AVX-512F Xeon without AVX-512 BF16, so bf16 is chosen on a CPU only when
+it has native bf16 matrix units (AVX-512 BF16 or AMX). On CUDA: bf16 autocast where the GPU supports
+it, else fp16 with a scaler.
 """
 
 from __future__ import annotations
