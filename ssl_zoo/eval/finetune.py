@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from ssl_zoo.errors import check
-from ssl_zoo.eval.linear import check_subsets, fit, seeded_loader, topk_accuracy
+from ssl_zoo.eval.linear import check_training_fields, fit, seeded_loader, topk_accuracy
 
 OPTIMIZERS = ("adamw", "sgd")
 
@@ -33,14 +33,7 @@ class FinetuneConfig:
 
     def validate(self, prefix: str = "eval") -> None:
         check(self.optimizer in OPTIMIZERS, f"{prefix}.optimizer", self.optimizer, "one of: " + ", ".join(OPTIMIZERS))
-        check(self.lr > 0, f"{prefix}.lr", self.lr, "a number > 0")
-        check(self.epochs >= 1, f"{prefix}.epochs", self.epochs, "an integer >= 1")
-        check(self.batch_size >= 1, f"{prefix}.batch_size", self.batch_size, "an integer >= 1")
-        check(self.weight_decay >= 0, f"{prefix}.weight_decay", self.weight_decay, "a number >= 0")
-        check(0 <= self.momentum < 1, f"{prefix}.momentum", self.momentum, "a number in [0, 1)")
-        check(len(self.crop_scale) == 2 and 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1,
-              f"{prefix}.crop_scale", list(self.crop_scale), "[lo, hi] with 0 < lo <= hi <= 1")
-        check_subsets(self.subsets, prefix)
+        check_training_fields(self, prefix)
 
 
 class Classifier(nn.Module):

@@ -38,14 +38,19 @@ class LinearConfig:
     subsets: str = "full"  # full: whole training and test splits; monitor: the kNN monitor's subsets
 
     def validate(self, prefix: str = "eval") -> None:
-        check(self.lr > 0, f"{prefix}.lr", self.lr, "a number > 0")
-        check(self.epochs >= 1, f"{prefix}.epochs", self.epochs, "an integer >= 1")
-        check(self.batch_size >= 1, f"{prefix}.batch_size", self.batch_size, "an integer >= 1")
-        check(self.weight_decay >= 0, f"{prefix}.weight_decay", self.weight_decay, "a number >= 0")
-        check(0 <= self.momentum < 1, f"{prefix}.momentum", self.momentum, "a number in [0, 1)")
-        check(len(self.crop_scale) == 2 and 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1,
-              f"{prefix}.crop_scale", list(self.crop_scale), "[lo, hi] with 0 < lo <= hi <= 1")
-        check_subsets(self.subsets, prefix)
+        check_training_fields(self, prefix)
+
+
+def check_training_fields(cfg, prefix: str) -> None:
+    """The fields every supervised evaluation protocol shares (linear, fine-tune, few-shot)."""
+    check(cfg.lr > 0, f"{prefix}.lr", cfg.lr, "a number > 0")
+    check(cfg.epochs >= 1, f"{prefix}.epochs", cfg.epochs, "an integer >= 1")
+    check(cfg.batch_size >= 1, f"{prefix}.batch_size", cfg.batch_size, "an integer >= 1")
+    check(cfg.weight_decay >= 0, f"{prefix}.weight_decay", cfg.weight_decay, "a number >= 0")
+    check(0 <= cfg.momentum < 1, f"{prefix}.momentum", cfg.momentum, "a number in [0, 1)")
+    check(len(cfg.crop_scale) == 2 and 0 < cfg.crop_scale[0] <= cfg.crop_scale[1] <= 1,
+          f"{prefix}.crop_scale", list(cfg.crop_scale), "[lo, hi] with 0 < lo <= hi <= 1")
+    check_subsets(cfg.subsets, prefix)
 
 
 SUBSETS = ("full", "monitor")
