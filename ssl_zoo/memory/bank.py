@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ssl_zoo.distributed import gather_no_grad
+from ssl_zoo.losses.contrastive import nce
 
 
 class MemoryBank(nn.Module):
@@ -80,6 +81,15 @@ class MemoryBank(nn.Module):
             count = gather_no_grad(torch.tensor([flat.numel()], dtype=self.log_z.dtype, device=flat.device))
             self.log_z[k] = torch.logsumexp(lse, dim=0) + math.log(self.size) - torch.log(count.sum())
         return self.log_z[k]
+
+    def nce_loss(self, z: Tensor, index: Tensor, num_negatives: int, temperature: float, k: int = 0) -> Tensor:
+        """InstDisc's NCE (Wu et al. 2018, eq. 4) of anchors ``z`` [N, D] (normalised): the positive is each
+        anchor's own row ``index`` [N], the noise ``num_negatives`` uniformly drawn rows, log Z that of
+        objective ``k`` (:meth:`normaliser`). InstDisc, CMC (the other view's bank) and PIRL use it."""
+        noise = self.sample(z.shape[0], num_negatives)                                  # [N, m]
+        positive = (z * self(index)).sum(dim=1) / temperature                           # [N]
+        negative = torch.einsum("nme,ne->nm", self(noise), z) / temperature             # [N, m]
+        return nce(positive, negative, self.normaliser(k, negative), self.size)
 
     @torch.no_grad()
     def update(self, index: Tensor, features: Tensor) -> None:

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from ssl_zoo.backbones import build_backbone
 from ssl_zoo.distributed import gather_no_grad, gather_with_grad
 from ssl_zoo.errors import ConfigError, check
-from ssl_zoo.losses.contrastive import info_nce, nce
+from ssl_zoo.losses.contrastive import info_nce
 from ssl_zoo.memory import MemoryBank
 from ssl_zoo.methods.base import Method, MethodConfig, StepOutput
 from ssl_zoo.transforms.color import normalized_rgb_to_lab
@@ -94,10 +94,7 @@ class CMC(Method):
 
     def contrast(self, z, bank: MemoryBank, index):
         """NCE of anchors z [N, E] against the other view's bank: positive its own row, m noise rows."""
-        noise = bank.sample(z.shape[0], self.hp.num_negatives)                     # [N, m]
-        positive = (z * bank(index)).sum(dim=1) / self.hp.temperature               # [N]
-        negative = torch.einsum("nme,ne->nm", bank(noise), z) / self.hp.temperature  # [N, m]
-        return nce(positive, negative, bank.normaliser(0, negative), bank.size)
+        return bank.nce_loss(z, index, self.hp.num_negatives, self.hp.temperature)
 
     def step(self, views, index) -> StepOutput:
         h_l, h_ab = self.encode(views[0])

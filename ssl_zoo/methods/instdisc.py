@@ -21,13 +21,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from ssl_zoo.distributed import gather_no_grad
 from ssl_zoo.errors import ConfigError, check
-from ssl_zoo.losses.contrastive import nce
 from ssl_zoo.memory import MemoryBank
 from ssl_zoo.methods.base import Method, MethodConfig, StepOutput
 
@@ -72,10 +70,7 @@ class InstDisc(Method):
         h = self.backbone(views[0])
         v = F.normalize(self.head(h), dim=1)                                        # [N, E]
         if hp.loss == "nce":
-            noise = bank.sample(v.shape[0], hp.num_negatives)                       # [N, m]
-            positive = (v * bank(index)).sum(dim=1) / hp.temperature                # [N]
-            negative = torch.einsum("nme,ne->nm", bank(noise), v) / hp.temperature  # [N, m]
-            loss = nce(positive, negative, bank.normaliser(0, negative), bank.size)
+            loss = bank.nce_loss(v, index, hp.num_negatives, hp.temperature)         # own row vs m noise rows
         else:
             loss = F.cross_entropy(v @ bank.all().T / hp.temperature, index)       # over all n rows
         logs = {"instance_loss": loss.detach()}

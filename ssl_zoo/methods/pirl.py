@@ -33,7 +33,6 @@ import torch.nn.functional as F
 from ssl_zoo.distributed import gather_no_grad
 from ssl_zoo.errors import ConfigError, check
 from ssl_zoo.heads.jigsaw import PatchConcatHead
-from ssl_zoo.losses.contrastive import nce
 from ssl_zoo.memory.bank import MemoryBank
 from ssl_zoo.methods.base import Method, MethodConfig, StepOutput
 
@@ -108,11 +107,7 @@ class PIRL(Method):
 
     def contrast(self, z, index, k: int):
         """InstDisc's NCE of ``z`` [N, E] (normalised) against its own bank row and m uniform noise rows."""
-        t = self.hp.temperature
-        noise = self.bank.sample(z.shape[0], self.hp.num_negatives)                   # [N, m]
-        positive = (z * self.bank(index)).sum(dim=1) / t                                # [N]
-        negative = torch.einsum("nme,ne->nm", self.bank(noise), z) / t                  # [N, m]
-        return nce(positive, negative, self.bank.normaliser(k, negative), self.bank.size)
+        return self.bank.nce_loss(z, index, self.hp.num_negatives, self.hp.temperature, k)
 
     def step(self, views, index) -> StepOutput:
         image, puzzle = views[0], views[1]
