@@ -15,7 +15,8 @@ from ssl_zoo.cli import main
 
 # 48 images / batch 8 = 6 steps an epoch: the epoch-end validation at step 6 writes best.ckpt, the run
 # goes on to step 8 and validates once more at its end.
-STEPS = ("trainer.max_steps=8", "data.num_samples=48", "logger=default", "monitor.tsne_samples=20")
+STEPS = ("trainer.max_steps=8", "data.num_samples=48", "logger=default", "monitor.tsne_samples=20",
+         "monitor.plots=true")  # tiny runs turn the plots off; this run checks them
 
 
 @pytest.fixture(scope="module")
