@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
 from ssl_zoo.backbones import build_backbone
+from ssl_zoo.errors import ConfigError
 from ssl_zoo.memory import MomentumEncoder
 from ssl_zoo.optim import build_optimizer, build_scheduler, effective_batch_size, param_groups
 
@@ -65,6 +66,13 @@ class Method(pl.LightningModule):
         self._total_steps: int | None = None
         self._steps_per_epoch = 1
         self.batch_labels: Tensor | None = None
+
+    def require_num_train(self, why: str) -> int:
+        """The training-set size, for methods that keep one entry per training image; a one-line config
+        error naming ``why`` when it is unknown."""
+        if not self.num_train:
+            raise ConfigError("method", self.name, "a data set of known size", why)
+        return self.num_train
 
     # --- what a method writes -------------------------------------------------------------------
     def step(self, views: list[Tensor], index: Tensor) -> StepOutput:

@@ -91,8 +91,7 @@ class ClusterFit(Method):
 
     def __init__(self, cfg, num_train: int | None = None):
         super().__init__(cfg, num_train)
-        if num_train is None:
-            raise ValueError("ClusterFit keeps one cluster id per training image: pass num_train")
+        self.require_num_train("ClusterFit keeps one cluster id per training image")
         self.classifier = nn.Linear(self.feature_dim, self.hp.num_clusters)
         # Until the clustering at the start of training, image i is in cluster i mod K.
         self.register_buffer("cluster_ids", torch.arange(num_train) % self.hp.num_clusters)

@@ -61,7 +61,8 @@ class ContextEncoderConfig(MethodConfig):
 
     def validate(self, prefix: str = "method") -> None:
         check(self.mask in MASKS, f"{prefix}.mask", self.mask, "one of: " + ", ".join(MASKS))
-        check(0.0 <= self.overlap < 0.25, f"{prefix}.overlap", self.overlap, "a fraction of the image side in [0, 0.25)")
+        check(0.0 <= self.overlap < 0.25, f"{prefix}.overlap", self.overlap,
+              "a fraction of the image side in [0, 0.25)")
         check(self.overlap_weight > 0, f"{prefix}.overlap_weight", self.overlap_weight, "a number > 0")
         check(self.decoder_width >= 1, f"{prefix}.decoder_width", self.decoder_width, "an integer >= 1")
 

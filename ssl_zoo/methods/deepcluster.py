@@ -64,8 +64,7 @@ class DeepCluster(Method):
 
     def __init__(self, cfg, num_train: int | None = None):
         super().__init__(cfg, num_train)
-        if num_train is None:
-            raise ValueError("DeepCluster keeps one pseudo-label per training image: pass num_train")
+        self.require_num_train("DeepCluster keeps one pseudo-label per training image")
         k = self.hp.num_clusters
         self.classifier = nn.Linear(self.feature_dim, k)
         # Until the first clustering (before the first training step), image i is in cluster i mod k.

@@ -62,8 +62,7 @@ class DeepClusterV2(Method):
 
     def __init__(self, cfg, num_train: int | None = None):
         super().__init__(cfg, num_train)
-        if num_train is None:
-            raise ValueError("DeepCluster-v2 keeps one embedding and assignment per training image: pass num_train")
+        self.require_num_train("DeepCluster-v2 keeps one embedding and assignment per training image")
         hp = self.hp
         self.projector = MLP(self.feature_dim, hp.proj_hidden_dim, hp.proj_output_dim)
         self.prototypes = nn.ModuleList(nn.Linear(hp.proj_output_dim, k, bias=False) for k in hp.num_prototypes)

@@ -25,7 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ssl_zoo.distributed import gather_no_grad
-from ssl_zoo.errors import ConfigError, check
+from ssl_zoo.errors import check
 from ssl_zoo.memory import MemoryBank
 from ssl_zoo.methods.base import Method, MethodConfig, StepOutput
 
@@ -58,9 +58,7 @@ class InstDisc(Method):
 
     def __init__(self, cfg, num_train: int | None = None):
         super().__init__(cfg, num_train)
-        if not num_train:
-            raise ConfigError("method", self.name, "a data set of known size",
-                              "the memory bank keeps one row per training image")
+        self.require_num_train("the memory bank keeps one row per training image")
         hp = self.hp
         self.head = nn.Linear(self.feature_dim, hp.embed_dim)
         self.bank = MemoryBank(num_train, hp.embed_dim, hp.bank_momentum)

@@ -69,8 +69,7 @@ class LocalAggregation(Method):
 
     def __init__(self, cfg, num_train: int | None = None):
         super().__init__(cfg, num_train)
-        if num_train is None:
-            raise ValueError("Local Aggregation keeps a memory bank of every training image: pass num_train")
+        self.require_num_train("Local Aggregation keeps a memory bank of every training image")
         hp = self.hp
         self.embedding = nn.Linear(self.feature_dim, hp.embed_dim)
         self.bank = MemoryBank(num_train, hp.embed_dim, momentum=hp.bank_momentum, num_normalisers=0)

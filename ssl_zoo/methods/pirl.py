@@ -31,7 +31,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ssl_zoo.distributed import gather_no_grad
-from ssl_zoo.errors import ConfigError, check
+from ssl_zoo.errors import check
 from ssl_zoo.heads.jigsaw import PatchConcatHead
 from ssl_zoo.memory.bank import MemoryBank
 from ssl_zoo.methods.base import Method, MethodConfig, StepOutput
@@ -91,9 +91,7 @@ class PIRL(Method):
         hp, size = self.hp, cfg.data.image_size
         self.patch = max(int(hp.patch_fraction * (size // GRID)), 1)
         check(size // GRID >= 2, "data.image_size", size, f"at least {2 * GRID} px: PIRL cuts a {GRID} x {GRID} jigsaw")
-        if not num_train:
-            raise ConfigError("data", "unknown training-set size", "a data set of known size",
-                              "PIRL's memory bank needs one row per training image")
+        self.require_num_train("PIRL's memory bank needs one row per training image")
         self.image_head = nn.Linear(self.feature_dim, hp.embed_dim)
         self.jigsaw_head = PatchConcatHead(self.feature_dim, hp.patch_dim, GRID * GRID, hp.embed_dim)
         self.bank = MemoryBank(num_train, hp.embed_dim, hp.bank_momentum, num_normalisers=2)
