@@ -30,33 +30,21 @@ from ssl_zoo.backbones import build_backbone
 from ssl_zoo.errors import check
 from ssl_zoo.heads.color_bins import ABClassTargets, to_output_size
 from ssl_zoo.heads.conv_decoder import ConvDecoder, feature_map, feature_map_shape
-from ssl_zoo.methods.base import Method, MethodConfig, StepOutput
-from ssl_zoo.methods.colorization import lightness
+from ssl_zoo.methods.base import Method, StepOutput
+from ssl_zoo.methods.colorization import ColorizationConfig, lightness
 from ssl_zoo.transforms.color import LAB_MEAN, LAB_STD, normalized_to_lab, quantize
 
 
 @dataclass
-class SplitBrainConfig(MethodConfig):
-    min_views = 1
+class SplitBrainConfig(ColorizationConfig):
+    """Colorization's ab bins, soft-encoding, rebalancing (of the ab half) and decoder, plus the L bins."""
+
     name: str = "split_brain"
-    grid: float = 10.0          # side of an ab bin
     l_bins: int = 50            # L in [0, 100] cut into this many bins
-    neighbours: int = 5
-    sigma: float = 5.0
-    rebalance: bool = True      # class rebalancing of the ab half (Zhang et al. 2016)
-    rebalance_lambda: float = 0.5
-    output_stride: int = 4
-    decoder_width: int = 256
 
     def validate(self, prefix: str = "method") -> None:
-        check(self.grid > 0, f"{prefix}.grid", self.grid, "a number > 0 (ab units; the paper: 10)")
+        super().validate(prefix)
         check(self.l_bins >= 2, f"{prefix}.l_bins", self.l_bins, "an integer >= 2")
-        check(self.neighbours >= 1, f"{prefix}.neighbours", self.neighbours, "an integer >= 1")
-        check(self.sigma > 0, f"{prefix}.sigma", self.sigma, "a number > 0")
-        check(0.0 <= self.rebalance_lambda <= 1.0, f"{prefix}.rebalance_lambda", self.rebalance_lambda,
-              "a number in [0, 1]")
-        check(self.output_stride >= 1, f"{prefix}.output_stride", self.output_stride, "an integer >= 1")
-        check(self.decoder_width >= 1, f"{prefix}.decoder_width", self.decoder_width, "an integer >= 1")
 
 
 def chroma(lab):
