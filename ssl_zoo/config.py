@@ -45,8 +45,8 @@ class TrainerConfig:
     benchmark: bool = False
     log_every_n_steps: int = 10
     check_val_every_n_epoch: int = 1
-    val_check_interval: Optional[float] = None
-    limit_train_batches: Optional[float] = None
+    val_check_interval: Any = None  # a fraction of an epoch (float) or a number of steps (int)
+    limit_train_batches: Any = None  # a fraction of the training set (float) or a number of batches (int)
     num_sanity_val_steps: int = 0
     # ours
     channels_last: bool = True
@@ -72,6 +72,11 @@ class TrainerConfig:
               self.check_val_every_n_epoch, "an integer >= 1")
         check(self.gradient_clip_val is None or self.gradient_clip_val > 0, f"{prefix}.gradient_clip_val",
               self.gradient_clip_val, "null or a number > 0")
+        for key in ("val_check_interval", "limit_train_batches"):
+            value = getattr(self, key)
+            ok = value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 1) \
+                or (isinstance(value, float) and 0.0 < value <= 1.0)
+            check(ok, f"{prefix}.{key}", value, "null, a fraction in (0, 1] or an integer number of batches >= 1")
         check(self.checkpoint_every_n_steps is None or self.checkpoint_every_n_steps >= 1,
               f"{prefix}.checkpoint_every_n_steps", self.checkpoint_every_n_steps, "null or an integer >= 1")
 

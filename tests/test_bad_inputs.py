@@ -113,6 +113,8 @@ CASES = [
      "trainer.checkpoint_every_n_steps", "null or an integer >= 1"),
     ("zero kNN k", train("simclr", "monitor.knn_k=0"), "monitor.knn_k", "an integer >= 1"),
     ("negative seed", train("simclr", "seed=-1"), "seed", "an integer >= 0"),
+    ("validation interval over one epoch", train("simclr", "trainer.val_check_interval=1.5"),
+     "trainer.val_check_interval", "a fraction in (0, 1]"),
     ("unknown precision", train("simclr", "trainer.precision=fp8"), "trainer.precision", "one of:"),
     ("two channels", train("simclr", "data.channels=2"), "data.channels", "1 (grey) or 3 (RGB)"),
     ("mean per channel", train("simclr", "data.mean=[0.5,0.5]"), "data.mean", "one per channel"),
