@@ -34,7 +34,7 @@ train: $(STAMP) data
 	$(BIN)/ssl-zoo train experiment=default_fashion_mnist $(ARGS)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n 2 $(ARGS)
+	$(BIN)/python -m pytest -q -n 2 --dist worksteal $(ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check ssl_zoo tests

@@ -182,3 +182,13 @@ def test_two_step_run_of_both_sides_prints_a_table(tmp_path, monkeypatch):
         assert int(r[8]) == 2 and float(r[9].replace(",", "")) > 0  # 2 measured steps, a finite rate
     assert rows[0][13].strip().startswith("**") and (tmp_path / "speed.md").read_text() == report
     assert not (tmp_path / "outputs").exists()  # the run directories were temporary
+
+
+def test_memory_bench_extrapolates_each_kind_from_its_own_largest_measured_batch():
+    from ssl_zoo.bench.memory import predicted_step_mib
+
+    rows = [{"batch": 256, "chunk": None, "step_mib": 100.0}, {"batch": 1024, "chunk": None, "step_mib": 380.0},
+            {"batch": 1024, "chunk": 256, "step_mib": 50.0}, {"batch": 2048, "chunk": None, "error": "killed"}]
+    assert predicted_step_mib(rows, 4096, None) == pytest.approx(380.0 * 4)
+    assert predicted_step_mib(rows, 4096, 256) == pytest.approx(50.0 * 4)
+    assert predicted_step_mib(rows, 4096, 128) is None  # never measured: run it

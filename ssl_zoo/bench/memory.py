@@ -78,6 +78,25 @@ def run_fresh(batch: int, chunk: int | None, device: str, image_size: int, timeo
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def available_mib() -> float:
+    """``MemAvailable`` of this machine in MiB (what a new process can take without swapping)."""
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError("/proc/meminfo has no MemAvailable")
+
+
+def predicted_step_mib(rows: list[dict], batch: int, chunk: int | None) -> float | None:
+    """The step memory of ``batch`` extrapolated linearly from the largest measured batch of the same kind
+    (with or without GradCache), or None before any such measurement."""
+    same = [r for r in rows if "error" not in r and r["chunk"] == chunk and r["batch"] < batch]
+    if not same:
+        return None
+    ref = max(same, key=lambda r: r["batch"])
+    return ref["step_mib"] * batch / ref["batch"]
+
+
 def table(rows: list[dict]) -> str:
     lines = ["| batch | GradCache chunk | device | before step (MiB) | peak (MiB) | step (MiB) | seconds |",
              "| ---: | ---: | --- | ---: | ---: | ---: | ---: |"]
@@ -109,7 +128,16 @@ def main(argv: list[str] | None = None) -> int:
         for chunk in (None, args.chunk):
             if chunk is not None and chunk >= batch:
                 continue  # one chunk is the whole batch: the same computation as without GradCache
-            row = run_fresh(batch, chunk, args.device, args.image_size, args.timeout)
+            need = predicted_step_mib(rows, batch, chunk)
+            if not args.device.startswith("cuda") and need is not None and need > 0.8 * available_mib():
+                # A step that cannot fit would swap the machine or wake the OOM killer (which may pick
+                # another process): report the linear extrapolation instead of running it.
+                row = {"batch": batch, "chunk": chunk, "device": args.device,
+                       "error": f"not run: ~{need / 1024:.0f} GiB predicted for the step "
+                                f"(linear in B from the largest batch measured), {available_mib() / 1024:.0f} "
+                                f"GiB available"}
+            else:
+                row = run_fresh(batch, chunk, args.device, args.image_size, args.timeout)
             rows.append(row)
             if args.json:
                 print(json.dumps(row), flush=True)
