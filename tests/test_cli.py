@@ -80,3 +80,21 @@ def test_each_method_trains_five_steps_from_the_cli(method, in_tmp):
 @pytest.mark.slow
 def test_moco_v2_with_vit_tiny_runs(in_tmp):
     assert main(["train", *tiny("moco_v2", "backbone=vit_tiny", "backbone.patch_size=4")]) == 0
+
+
+AUGMENTATIONS = sorted(p.stem for p in (Path(__file__).parents[1] / "conf" / "augmentation").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("choice", AUGMENTATIONS)
+def test_every_documented_option_is_overridable_without_a_plus(choice):
+    """Fields users set from the command line are in the group yamls, so `group.key=value` works as shown in
+    the README (Hydra refuses a key that is not in the composed config unless it is written `+key`)."""
+    from ssl_zoo.cli import compose
+    from ssl_zoo.config import AugmentationConfig, TrainerConfig, typed_group
+
+    cfg = compose([f"augmentation={choice}", "augmentation.backend=batched", "trainer.val_check_interval=0.5",
+                   "trainer.limit_train_batches=10"])
+    assert typed_group(cfg, "augmentation", AugmentationConfig).backend == "batched"
+    trainer = typed_group(cfg, "trainer", TrainerConfig)
+    trainer.validate()
+    assert trainer.val_check_interval == 0.5 and trainer.limit_train_batches == 10
