@@ -43,12 +43,6 @@ def start(cwd: Path, *overrides: str) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def finish(proc: subprocess.Popen) -> str:
-    out, err = proc.communicate(timeout=600)
-    assert proc.returncode == 0, err[-3000:]
-    return out
-
-
 def checkpoint_step(path: Path) -> int:
     """``global_step`` of a checkpoint file; -1 while there is none. mmap reads only what is touched."""
     if not path.exists():

@@ -22,12 +22,13 @@ import sys
 import time
 
 
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status") as f:
+def _proc_kib(field: str, path: str = "/proc/self/status") -> int:
+    """A ``<field>: <n> kB`` line of a /proc file (this process's status by default)."""
+    with open(path) as f:
         for line in f:
             if line.startswith(field + ":"):
                 return int(line.split()[1])
-    raise RuntimeError(f"/proc/self/status has no {field}")
+    raise RuntimeError(f"{path} has no {field}")
 
 
 def measure_one(batch: int, chunk: int | None, device: str, image_size: int = 32) -> dict:
@@ -49,7 +50,7 @@ def measure_one(batch: int, chunk: int | None, device: str, image_size: int = 32
         torch.cuda.reset_peak_memory_stats()
         before = torch.cuda.memory_allocated() / 2**20
     else:
-        before = _status_kib("VmRSS") / 1024
+        before = _proc_kib("VmRSS") / 1024
     start = time.perf_counter()
     out = model.step(views, index)
     out.loss.backward()
@@ -57,7 +58,7 @@ def measure_one(batch: int, chunk: int | None, device: str, image_size: int = 32
         torch.cuda.synchronize()
         peak = torch.cuda.max_memory_allocated() / 2**20
     else:
-        peak = _status_kib("VmHWM") / 1024
+        peak = _proc_kib("VmHWM") / 1024
     return {"batch": batch, "chunk": chunk, "device": device, "before_mib": round(before, 1),
             "peak_mib": round(peak, 1), "step_mib": round(peak - before, 1),
             "seconds": round(time.perf_counter() - start, 2), "loss": float(out.loss)}
@@ -76,15 +77,6 @@ def run_fresh(batch: int, chunk: int | None, device: str, image_size: int, timeo
         tail = proc.stderr.strip().splitlines()[-1:] or [f"exit code {proc.returncode}"]
         return {"batch": batch, "chunk": chunk, "device": device, "error": tail[0][:200]}
     return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-def available_mib() -> float:
-    """``MemAvailable`` of this machine in MiB (what a new process can take without swapping)."""
-    with open("/proc/meminfo") as f:
-        for line in f:
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError("/proc/meminfo has no MemAvailable")
 
 
 def predicted_step_mib(rows: list[dict], batch: int, chunk: int | None) -> float | None:
@@ -129,12 +121,14 @@ def main(argv: list[str] | None = None) -> int:
             if chunk is not None and chunk >= batch:
                 continue  # one chunk is the whole batch: the same computation as without GradCache
             need = predicted_step_mib(rows, batch, chunk)
-            if not args.device.startswith("cuda") and need is not None and need > 0.8 * available_mib():
+            # MemAvailable: what a new process can take without swapping
+            available = _proc_kib("MemAvailable", "/proc/meminfo") / 1024
+            if not args.device.startswith("cuda") and need is not None and need > 0.8 * available:
                 # A step that cannot fit would swap the machine or wake the OOM killer (which may pick
                 # another process): report the linear extrapolation instead of running it.
                 row = {"batch": batch, "chunk": chunk, "device": args.device,
                        "error": f"not run: ~{need / 1024:.0f} GiB predicted for the step "
-                                f"(linear in B from the largest batch measured), {available_mib() / 1024:.0f} "
+                                f"(linear in B from the largest batch measured), {available / 1024:.0f} "
                                 f"GiB available"}
             else:
                 row = run_fresh(batch, chunk, args.device, args.image_size, args.timeout)
