@@ -239,6 +239,10 @@ def _check_across_groups(typed: dict[str, Any]) -> None:
     num_views = sum(group.num for group in aug.crops)
     check(num_views >= min_views, "augmentation.crops", f"{num_views} view(s)",
           f"at least {min_views} views for method={method.name}")
+    if method.needs_colour:
+        check(data.channels == 3, "data.channels", data.channels,
+              f"3 (RGB) for method={method.name}: it learns from the a and b colour channels, 0 in grey images",
+              "choose an RGB data set, e.g. data=cifar10, data=imagefolder or data=synthetic")
     sizes = [group.resolve_size(data.image_size) for group in aug.crops]
     for i, size in enumerate(sizes[1:], start=1):
         # multi-crop methods take the leading groups of the first group's size as the global views

@@ -132,6 +132,8 @@ CASES = [
     # cross-group
     ("queue not a multiple of the batch", train("moco_v2", "method.queue_size=100"), "method.queue_size",
      "a multiple of the global batch 8"),
+    *[(f"{m} on grey images", train(m, "data.channels=1", "data.mean=[0.4]", "data.std=[0.25]"), "data.channels",
+       f"3 (RGB) for method={m}") for m in ("colorization", "split_brain", "cmc")],
     ("ViT patch does not divide the image", train("simclr", "backbone=vit_tiny", "backbone.patch_size=5"),
      "backbone.patch_size", "a divisor of data.image_size=16"),
     ("too few views for the method", train("simclr", "augmentation.crops.0.num=1"), "augmentation.crops",

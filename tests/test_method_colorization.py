@@ -1,15 +1,17 @@
 """Colorization (Zhang et al. 2016) and split-brain autoencoders (Zhang et al. 2017): in-gamut ab bins,
-soft-encoding, the running colour prior in the checkpoint, the L input, grey data sets."""
+soft-encoding, the running colour prior in the checkpoint, the L input, grey data sets refused."""
 
 from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 from conftest import tiny
 
 from ssl_zoo.cli import compose
 from ssl_zoo.config import validate_config
+from ssl_zoo.errors import ConfigError
 from ssl_zoo.methods import METHODS
 from ssl_zoo.transforms.color import ab_bins, quantize, rgb_to_lab, soft_encode
 
@@ -73,14 +75,6 @@ def test_encoder_reads_one_channel_and_forward_takes_the_data_sets_images():
     assert model(torch.randn(3, 3, 16, 16)).shape == (3, model.feature_dim)
 
 
-def test_grey_data_runs_with_a_constant_grey_target():
-    model = build("colorization", *GREY)
-    out = model.step([torch.randn(2, 1, 16, 16)], torch.arange(2))
-    assert torch.isfinite(out.loss)
-    grey = int(torch.nonzero((model.targets.centres == 0).all(dim=1))[0, 0])
-    assert int(model.targets.counts.sum()) == int(model.targets.counts[grey])
-
-
 def test_split_brain_representation_is_both_halves():
     model = build("split_brain")
     model.eval()
@@ -91,4 +85,9 @@ def test_split_brain_representation_is_both_halves():
     out = model.step([x], torch.arange(3))
     assert set(out.logs) == {"loss_ab", "loss_l"}
     torch.testing.assert_close(out.loss, out.logs["loss_ab"] + out.logs["loss_l"])
-    assert torch.isfinite(build("split_brain", *GREY).step([torch.randn(2, 1, 16, 16)], torch.arange(2)).loss)
+
+
+@pytest.mark.parametrize("method", ["colorization", "split_brain", "cmc"])
+def test_grey_data_is_refused_by_the_config_check(method):
+    with pytest.raises(ConfigError, match=r"data.channels.*3 \(RGB\)"):
+        build(method, *GREY)

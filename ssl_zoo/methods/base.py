@@ -27,10 +27,12 @@ class MethodConfig:
     """Fields every method has; a method's own ``Config`` subclasses this.
 
     ``min_views`` (a class variable, not a config field): how many views the method's ``step`` needs;
-    the config check stops a run whose augmentation yields fewer.
+    the config check stops a run whose augmentation yields fewer. ``needs_colour``: the method learns
+    from the Lab colour channels (a and b), which are 0 on grey data; the config check stops it there.
     """
 
     min_views: ClassVar[int] = 2
+    needs_colour: ClassVar[bool] = False
     name: str = ""
 
 

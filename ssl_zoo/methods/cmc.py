@@ -43,6 +43,7 @@ OBJECTIVES = ("nce", "infonce")
 @dataclass
 class CMCConfig(MethodConfig):
     min_views = 1
+    needs_colour = True
     name: str = "cmc"
     objective: str = "nce"
     embed_dim: int = 128
@@ -63,9 +64,6 @@ class CMC(Method):
     Config = CMCConfig
 
     def __init__(self, cfg, num_train: int | None = None):
-        check(cfg.data.channels == 3, "data.channels", cfg.data.channels,
-              "3 (RGB): CMC splits Lab colour into L and ab",
-              "choose an RGB data set, e.g. data=cifar10 or data=synthetic")
         super().__init__(cfg, num_train)
         hp, size = self.hp, cfg.data.image_size
         # The base class built an RGB backbone; CMC needs one encoder per view instead.

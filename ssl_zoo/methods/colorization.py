@@ -17,8 +17,8 @@ the bins are the in-gamut cells of a sampled sRGB cube (261 at grid 10, the pape
 checkpointed buffer) instead of a pass over the data set before training. Evaluation and export read
 the encoder on the L channel: ``forward`` converts normalised images to L itself.
 
-On grey data (Fashion-MNIST) a and b are 0 everywhere: every pixel's target is the grey bin, the loss
-falls to 0 and the encoder learns nothing useful. The method still runs there; use an RGB data set.
+Grey data (Fashion-MNIST) is refused by the config check (``needs_colour``): a and b are 0 there, every
+pixel's target would be the grey bin and the encoder would learn nothing.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from ssl_zoo.transforms.color import normalized_to_lab
 @dataclass
 class ColorizationConfig(MethodConfig):
     min_views = 1
+    needs_colour = True
     name: str = "colorization"
     grid: float = 10.0          # side of an ab bin
     neighbours: int = 5         # soft-encoding: nearest bins per pixel
@@ -67,8 +68,7 @@ class Colorization(Method):
     def __init__(self, cfg, num_train: int | None = None):
         super().__init__(cfg, num_train)
         hp, data = self.hp, cfg.data
-        if data.channels != 1:  # the encoder sees L only
-            self.backbone, self.feature_dim = build_backbone(cfg.backbone, data.image_size, 1)
+        self.backbone, self.feature_dim = build_backbone(cfg.backbone, data.image_size, 1)  # it sees L only
         self.out_size = max(1, data.image_size // hp.output_stride)
         self.targets = ABClassTargets(hp.grid, hp.neighbours, hp.sigma, hp.rebalance_lambda, hp.rebalance)
         c, h, _ = feature_map_shape(self.backbone, 1, data.image_size)

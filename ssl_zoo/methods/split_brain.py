@@ -15,8 +15,8 @@ representation has twice the backbone's width (``feature_dim`` = both); the ab b
 ``ssl_zoo.transforms.color.ab_bins`` (261 at grid 10); predictions are at 1/``output_stride`` of the
 image; the ab prior of the rebalancing is a running count (checkpointed buffer).
 
-On grey data (Fashion-MNIST) ab is 0: the L -> ab half has nothing to predict and the ab -> L half
-nothing to read, so the method runs but learns nothing useful; use an RGB data set.
+Grey data (Fashion-MNIST) is refused by the config check (``needs_colour``): ab is 0 there, so the
+L -> ab half would have nothing to predict and the ab -> L half nothing to read.
 """
 
 from __future__ import annotations
