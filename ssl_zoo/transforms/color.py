@@ -68,16 +68,12 @@ def normalized_rgb_to_lab(x: Tensor, mean: Sequence[float], std: Sequence[float]
 
 @torch.no_grad()
 def normalized_to_lab(x: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
-    """Data-normalised images with 1 (grey) or 3 (RGB) channels -> unnormalised L*a*b* [B, 3, H, W].
-
-    Grey images are taken as R = G = B, so their a and b are 0 (up to rounding): on a grey data set
-    a colour target carries no information. Computed in float32 even under autocast (bf16 would round
-    a and b by up to ~0.5, a twentieth of a colour bin)."""
+    """Data-normalised RGB images [B, 3, H, W] -> unnormalised L*a*b* [B, 3, H, W] (grey data never gets
+    here: the colour methods declare ``needs_colour`` and the config check refuses 1-channel data).
+    Computed in float32 even under autocast (bf16 would round a and b by up to ~0.5, a twentieth of a
+    colour bin)."""
     with torch.autocast(x.device.type, enabled=False):
-        pixels = denormalize(x.float(), mean, std)
-        if pixels.shape[1] == 1:
-            pixels = pixels.expand(-1, 3, -1, -1)
-        return rgb_to_lab(pixels)
+        return rgb_to_lab(denormalize(x.float(), mean, std))
 
 
 @lru_cache(maxsize=8)
