@@ -32,7 +32,7 @@ from ssl_zoo.heads.color_bins import ABClassTargets, to_output_size
 from ssl_zoo.heads.conv_decoder import ConvDecoder, feature_map, feature_map_shape
 from ssl_zoo.methods.base import Method, StepOutput
 from ssl_zoo.methods.colorization import ColorizationConfig, lightness
-from ssl_zoo.transforms.color import LAB_MEAN, LAB_STD, normalized_to_lab, quantize
+from ssl_zoo.transforms.color import normalized_to_lab, quantize, scaled_lab
 
 
 @dataclass
@@ -49,9 +49,7 @@ class SplitBrainConfig(ColorizationConfig):
 
 def chroma(lab):
     """ab of a Lab batch [B, 3, H, W] as the ab -> L encoder's input [B, 2, H, W], each in about [-1, 1]."""
-    mean = torch.tensor(LAB_MEAN[1:], dtype=lab.dtype, device=lab.device).view(1, 2, 1, 1)
-    std = torch.tensor(LAB_STD[1:], dtype=lab.dtype, device=lab.device).view(1, 2, 1, 1)
-    return (lab[:, 1:] - mean) / std
+    return scaled_lab(lab)[:, 1:]
 
 
 class SplitBrain(Method):

@@ -55,12 +55,16 @@ def rgb_to_lab(rgb: Tensor) -> Tensor:
     return torch.stack([116.0 * fy - 16.0, 500.0 * (fx - fy), 200.0 * (fy - fz)], dim=1)
 
 
+def scaled_lab(lab: Tensor) -> Tensor:
+    """L*a*b* [B, 3, H, W] normalised as CMC does (``LAB_MEAN``/``LAB_STD``): each channel in about [-1, 1]."""
+    return (lab - _per_channel(LAB_MEAN, lab)) / _per_channel(LAB_STD, lab)
+
+
 @torch.no_grad()
 def normalized_rgb_to_lab(x: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
     """Data-normalised RGB batches (``cfg.data.mean``/``std``) -> Lab normalised as CMC does (each channel
-    in about [-1, 1]): [B, 3, H, W] -> [B, 3, H, W]; channel 0 is L, channels 1-2 are ab."""
-    lab = rgb_to_lab(denormalize(x, mean, std))
-    return (lab - _per_channel(LAB_MEAN, lab)) / _per_channel(LAB_STD, lab)
+    in about [-1, 1]): [B, 3, H, W] -> [B, 3, H, W] in float32 or wider; channel 0 is L, channels 1-2 are ab."""
+    return scaled_lab(normalized_to_lab(x, mean, std))
 
 
 # --- Lab of any data set, and the quantised colour bins of colorization (Zhang et al. 2016, 2017) ---------
@@ -70,10 +74,10 @@ def normalized_rgb_to_lab(x: Tensor, mean: Sequence[float], std: Sequence[float]
 def normalized_to_lab(x: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
     """Data-normalised RGB images [B, 3, H, W] -> unnormalised L*a*b* [B, 3, H, W] (grey data never gets
     here: the colour methods declare ``needs_colour`` and the config check refuses 1-channel data).
-    Computed in float32 even under autocast (bf16 would round a and b by up to ~0.5, a twentieth of a
-    colour bin)."""
+    Computed in float32 (float64 stays float64) even under autocast (bf16 would round a and b by up to
+    ~0.5, a twentieth of a colour bin)."""
     with torch.autocast(x.device.type, enabled=False):
-        return rgb_to_lab(denormalize(x.float(), mean, std))
+        return rgb_to_lab(denormalize(x.to(torch.promote_types(x.dtype, torch.float32)), mean, std))
 
 
 @lru_cache(maxsize=8)
