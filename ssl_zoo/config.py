@@ -116,11 +116,13 @@ class MonitorConfig:
     # Representation health at every validation (ssl_zoo/callbacks/health.py): RankMe, alignment,
     # uniformity and the normalised per-dimension std on up to health_samples validation images; the
     # run is flagged collapsed (val/collapsed=1 and a warning) when that std falls below
-    # collapse_std / sqrt(feature dim) or RankMe below collapse_rank.
+    # collapse_std / sqrt(feature dim) or RankMe below collapse_rank; partial collapse is warned of when
+    # RankMe falls below collapse_rank_fraction of the first validation's (logged as val/rank_kept).
     health: bool = True
     health_samples: int = 2048
     collapse_std: float = 0.1
     collapse_rank: float = 2.0
+    collapse_rank_fraction: float = 0.4
     # End of run: plots/tsne.png (up to tsne_samples validation embeddings) and plots/curves.png.
     plots: bool = True
     tsne_samples: int = 1000
@@ -130,6 +132,8 @@ class MonitorConfig:
         check(self.health_samples >= 2, f"{prefix}.health_samples", self.health_samples, "an integer >= 2")
         check(self.collapse_std >= 0, f"{prefix}.collapse_std", self.collapse_std, "a number >= 0")
         check(self.collapse_rank >= 0, f"{prefix}.collapse_rank", self.collapse_rank, "a number >= 0")
+        check(0 <= self.collapse_rank_fraction <= 1, f"{prefix}.collapse_rank_fraction",
+              self.collapse_rank_fraction, "a number in [0, 1]")
         check(self.tsne_samples >= 3, f"{prefix}.tsne_samples", self.tsne_samples, "an integer >= 3")
         check(self.knn_temperature > 0, f"{prefix}.knn_temperature", self.knn_temperature, "a number > 0")
         check(self.probe_lr > 0, f"{prefix}.probe_lr", self.probe_lr, "a number > 0")

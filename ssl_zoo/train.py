@@ -143,7 +143,8 @@ def train(cfg: DictConfig, run_dir: Path, extra_callbacks: list | None = None) -
         callbacks.append(OnlineLinearProbe(method.feature_dim, data.num_classes, monitor.probe_lr,
                                            weight_decay=monitor.probe_weight_decay))
     if labelled and monitor.health:
-        callbacks.append(RepresentationHealth(monitor.health_samples, monitor.collapse_std, monitor.collapse_rank))
+        callbacks.append(RepresentationHealth(monitor.health_samples, monitor.collapse_std, monitor.collapse_rank,
+                                              rank_fraction=monitor.collapse_rank_fraction))
     plots = EndOfRunPlots(run_dir, monitor.tsne_samples, title=f"{cfg.method.name} on {data.name}") \
         if monitor.plots else None
     if plots and labelled:

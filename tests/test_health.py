@@ -71,13 +71,13 @@ class FakeModule(torch.nn.Module):
         self.logged[key] = value
 
 
-def validate_once(module, images, caplog):
+def validate_once(module, images, caplog, callback=None):
     from types import SimpleNamespace
 
     from ssl_zoo.callbacks.health import RepresentationHealth
 
     trainer = SimpleNamespace(sanity_checking=False, is_global_zero=True, global_step=7)
-    callback = RepresentationHealth(max_samples=48)
+    callback = callback or RepresentationHealth(max_samples=48)
     callback.on_validation_epoch_start(trainer, module)
     labels = torch.zeros(len(images), dtype=torch.long)
     for start in range(0, len(images), 16):
@@ -102,3 +102,32 @@ def test_health_callback_passes_a_spread_encoder(caplog):
     assert logged["val/collapsed"] == 0.0 and logged["val/rankme"] > 20 and logged["val/alignment"] > 0
     assert set(logged) == {"val/rankme", "val/alignment", "val/uniformity", "val/feature_std", "val/collapsed"}
     assert "collapse" not in caplog.text
+
+
+def low_rank(rank):
+    """Features spanning ``rank`` of 32 directions (a fixed random basis), from the images' own pixels."""
+    basis = torch.randn(rank, 32, generator=torch.Generator().manual_seed(1))
+    return lambda x: x.flatten(1)[:, :rank] @ basis
+
+
+def test_health_callback_warns_of_a_partial_collapse_against_the_first_rank(caplog):
+    from ssl_zoo.callbacks.health import RepresentationHealth
+
+    callback, images = RepresentationHealth(max_samples=48, rank_fraction=0.4), torch.randn(64, 3, 8, 8)
+    first = validate_once(FakeModule(low_rank(32)), images, caplog, callback)
+    assert "val/rank_kept" not in first and callback.first_rank == pytest.approx(first["val/rankme"])
+    kept = validate_once(FakeModule(low_rank(20)), images, caplog, callback)["val/rank_kept"]
+    assert 0.4 < kept < 1 and "partial collapse" not in caplog.text
+    caplog.clear()
+    lost = validate_once(FakeModule(low_rank(4)), images, caplog, callback)
+    assert lost["val/rank_kept"] < 0.4 and lost["val/collapsed"] == 0.0
+    assert "partial collapse at step 7" in caplog.text and "monitor.collapse_rank_fraction" in caplog.text
+
+
+def test_health_callback_keeps_the_first_rank_across_a_resume():
+    from ssl_zoo.callbacks.health import RepresentationHealth
+
+    before, after = RepresentationHealth(), RepresentationHealth()
+    before.first_rank = 87.5
+    after.load_state_dict(before.state_dict())
+    assert after.first_rank == 87.5
