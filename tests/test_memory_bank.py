@@ -67,7 +67,33 @@ def test_bank_and_normalisers_round_trip_through_the_state_dict():
     restored = MemoryBank(9, 4)
     restored.load_state_dict(bank.state_dict())
     assert torch.equal(restored.bank, bank.bank) and torch.equal(restored.log_z, bank.log_z)
-    assert set(bank.state_dict()) == {"bank", "log_z"}
+    assert set(bank.state_dict()) == {"bank", "log_z", "filled"}
+
+
+def test_fill_sets_every_row_normalised_and_marks_the_bank_filled():
+    bank, features = MemoryBank(5, 3), torch.randn(5, 3) * 4
+    assert not bool(bank.filled)
+    bank.fill(features)
+    torch.testing.assert_close(bank.bank, F.normalize(features, dim=1))
+    assert bool(bank.filled)
+    with pytest.raises(ValueError, match="fill expects features"):
+        bank.fill(torch.randn(4, 3))
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_nce_loss_against_a_loop_over_anchors_with_per_anchor_or_shared_noise(shared):
+    from ssl_zoo.losses.contrastive import nce
+
+    bank, t, m = MemoryBank(40, 6), 0.1, 7
+    z, index = F.normalize(torch.randn(5, 6), dim=1), torch.tensor([3, 9, 0, 39, 12])
+    torch.manual_seed(3)
+    loss = bank.nce_loss(z, index, m, t, shared_noise=shared)
+    torch.manual_seed(3)
+    noise = torch.randint(40, (1, m) if shared else (5, m))
+    rows = [noise[0] if shared else noise[i] for i in range(5)]
+    negative = torch.stack([torch.stack([z[i] @ bank.bank[j] / t for j in rows[i]]) for i in range(5)])
+    positive = torch.stack([z[i] @ bank.bank[index[i]] / t for i in range(5)])
+    torch.testing.assert_close(loss, nce(positive, negative, bank.log_z[0], 40))
 
 
 def test_bad_arguments_are_refused():

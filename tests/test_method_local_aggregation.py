@@ -25,7 +25,7 @@ def build(*extra: str):
 
 def test_reclustering_runs_each_kmeans_of_the_bank_with_its_own_seed():
     model = build()
-    model.clustered_epoch.fill_(0)  # the bank is already filled: no pass over the data set
+    model.bank.filled.fill_(True)  # the bank is already filled: no pass over the data set
     model.recluster(1)
     hp, heads = model.hp, len(model.hp.num_clusters)
     assert int(model.clustered_epoch) == 1

@@ -6,10 +6,14 @@ entries towards the new features: v_i ← normalize(m·v_i + (1 - m)·f_i), m = 
 Maaten 2019) keeps the features of the untransformed images the same way; Local Aggregation (Zhuang
 et al. 2019) reads neighbours and clusters off the whole bank (:meth:`MemoryBank.all`).
 
-State (the rows and each NCE objective's log Z) is in registered buffers, so a checkpoint holds it and
-a resumed run continues with the same bank. The bank does no collective work of its own except the
-one-off estimate of log Z over the global batch: under data parallelism the caller passes *gathered*
-indices and features to :meth:`MemoryBank.update`, so every rank holds the same bank.
+State (the rows and each NCE objective's log Z) is in registered buffers, so a checkpoint holds it and a
+resumed run continues with the same bank. ``bank_init=features`` (InstDisc, PIRL, CMC; Local Aggregation
+always) starts the rows from the encoder's own embeddings of every training image instead of random
+vectors (:func:`ssl_zoo.methods._clustering.fill_from_training_set`): with random rows the first epoch's
+positives are noise, which a paper's 200 epochs absorb and a two-epoch budget does not. The bank does no
+collective work of its own except the one-off estimate of log Z over the global batch: under data
+parallelism the caller passes *gathered* indices and features to :meth:`MemoryBank.update`, so every rank
+holds the same bank.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ from torch import Tensor
 
 from ssl_zoo.distributed import gather_no_grad
 from ssl_zoo.losses.contrastive import nce
+
+BANK_INITS = ("random", "features")  # the rows a fresh run starts from: random unit vectors, or embeddings
 
 
 class MemoryBank(nn.Module):
@@ -47,6 +53,7 @@ class MemoryBank(nn.Module):
         self.momentum = momentum
         self.register_buffer("bank", F.normalize(torch.randn(size, dim), dim=1))
         self.register_buffer("log_z", torch.full((num_normalisers,), float("nan")))
+        self.register_buffer("filled", torch.tensor(False))  # rows set from embeddings by fill()
 
     @property
     def size(self) -> int:
@@ -82,14 +89,31 @@ class MemoryBank(nn.Module):
             self.log_z[k] = torch.logsumexp(lse, dim=0) + math.log(self.size) - torch.log(count.sum())
         return self.log_z[k]
 
-    def nce_loss(self, z: Tensor, index: Tensor, num_negatives: int, temperature: float, k: int = 0) -> Tensor:
+    def nce_loss(self, z: Tensor, index: Tensor, num_negatives: int, temperature: float, k: int = 0,
+                 shared_noise: bool = False) -> Tensor:
         """InstDisc's NCE (Wu et al. 2018, eq. 4) of anchors ``z`` [N, D] (normalised): the positive is each
         anchor's own row ``index`` [N], the noise ``num_negatives`` uniformly drawn rows, log Z that of
-        objective ``k`` (:meth:`normaliser`). InstDisc, CMC (the other view's bank) and PIRL use it."""
-        noise = self.sample(z.shape[0], num_negatives)                                  # [N, m]
+        objective ``k`` (:meth:`normaliser`). InstDisc, CMC (the other view's bank) and PIRL use it.
+
+        ``shared_noise``: one draw of m rows serves every anchor of the batch (each anchor still sees m
+        uniform noise rows; the draws are shared, not independent): an [m, D] gather and one matrix product
+        instead of an [N, m, D] gather, which at N = 256 and PIRL's m = 32,000 is 4 GB per step."""
         positive = (z * self(index)).sum(dim=1) / temperature                           # [N]
-        negative = torch.einsum("nme,ne->nm", self(noise), z) / temperature             # [N, m]
+        if shared_noise:
+            noise = self.sample(1, num_negatives)[0]                                     # [m]
+            negative = z @ self(noise).T / temperature                                   # [N, m]
+        else:
+            noise = self.sample(z.shape[0], num_negatives)                               # [N, m]
+            negative = torch.einsum("nme,ne->nm", self(noise), z) / temperature         # [N, m]
         return nce(positive, negative, self.normaliser(k, negative), self.size)
+
+    @torch.no_grad()
+    def fill(self, features: Tensor) -> None:
+        """Every row from ``features`` [n, D] (normalised here), marked filled (in the checkpoint)."""
+        if features.shape != self.bank.shape:
+            raise ValueError(f"fill expects features {tuple(self.bank.shape)}, got {tuple(features.shape)}")
+        self.bank.copy_(F.normalize(features.to(self.bank.dtype), dim=1))
+        self.filled.fill_(True)
 
     @torch.no_grad()
     def update(self, index: Tensor, features: Tensor) -> None:

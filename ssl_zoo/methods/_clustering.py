@@ -53,6 +53,20 @@ def training_set_features(encode: Callable[[Tensor], Tensor], datamodule, device
     return out
 
 
+@torch.no_grad()
+def fill_from_training_set(method, encode: Callable[[Tensor], Tensor], *banks) -> None:
+    """Each memory bank's rows from ``encode`` (the banks' embeddings side by side, [B, sum of dims]) of
+    every training image's evaluation view, in eval mode, once per run: a bank already filled (a resumed
+    run: the flag is in the checkpoint) is left as it is."""
+    if all(bool(bank.filled) for bank in banks):
+        return
+    with eval_mode(method):
+        features = training_set_features(lambda x: encode(method._format(x)), method.trainer.datamodule,
+                                         method.device)
+    for bank, rows in zip(banks, features.split([bank.dim for bank in banks], dim=1), strict=True):
+        bank.fill(rows)
+
+
 def from_rank0(x: Tensor) -> Tensor:
     """Rank 0's ``x`` on every rank (the shape must agree): one k-means result for all ranks even when
     the backend's threading makes reruns differ in the last bit."""

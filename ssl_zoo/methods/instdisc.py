@@ -11,10 +11,13 @@
 Recipe (ImageNet): ResNet, 128-d, T = 0.07, m = 4096 noise samples, bank momentum 0.5, SGD lr 0.03,
 momentum 0.9, wd 1e-4, batch 256, 200 epochs with lr x0.1 at 120 and 160; crop (area 0.2-1), grey
 0.2, colour jitter 0.4, flip (``augmentation=instdisc``). CIFAR-10 (the authors' code): T = 0.1,
-wd 5e-4, batch 128. Deviation: ``proximal_lambda`` is 0 by default, as the authors' released code,
-where the bank's momentum update is what smooths each entry's trajectory; set it to add the paper's
-explicit term. Under data parallelism every rank draws its own noise and the bank is updated with
-the gathered features and indices, so all ranks keep the same bank.
+wd 5e-4, batch 128. Deviation: ``proximal_lambda`` is 0 by default, as the authors' released code, where
+the bank's momentum update is what smooths each entry's trajectory; set it to add the paper's explicit
+term. ``bank_init=features`` starts the bank from the encoder's embeddings of every training image (one
+pass before the first step) instead of random vectors, for short budgets: with random rows the first
+epoch's positives are noise (the default run's budget is two epochs). Under data parallelism every rank
+draws its own noise and the bank is updated with the gathered features and indices, so all ranks keep the
+same bank.
 """
 
 from __future__ import annotations
@@ -26,7 +29,8 @@ import torch.nn.functional as F
 
 from ssl_zoo.distributed import gather_no_grad
 from ssl_zoo.errors import check
-from ssl_zoo.memory import MemoryBank
+from ssl_zoo.memory.bank import BANK_INITS, MemoryBank
+from ssl_zoo.methods._clustering import fill_from_training_set
 from ssl_zoo.methods.base import Method, MethodConfig, StepOutput
 
 LOSSES = ("nce", "softmax")
@@ -42,6 +46,8 @@ class InstDiscConfig(MethodConfig):
     num_negatives: int = 4096  # m noise samples per anchor (loss=nce)
     bank_momentum: float = 0.5
     proximal_lambda: float = 0.0
+    bank_init: str = "random"  # or "features": the encoder's embeddings before the first step
+    shared_noise: bool = False  # one draw of the m noise rows for the whole batch (MemoryBank.nce_loss)
 
     def validate(self, prefix: str = "method") -> None:
         check(self.loss in LOSSES, f"{prefix}.loss", self.loss, "one of: " + ", ".join(LOSSES))
@@ -50,6 +56,7 @@ class InstDiscConfig(MethodConfig):
         check(self.num_negatives >= 1, f"{prefix}.num_negatives", self.num_negatives, "an integer >= 1")
         check(0.0 <= self.bank_momentum < 1.0, f"{prefix}.bank_momentum", self.bank_momentum, "a number in [0, 1)")
         check(self.proximal_lambda >= 0, f"{prefix}.proximal_lambda", self.proximal_lambda, "a number >= 0")
+        check(self.bank_init in BANK_INITS, f"{prefix}.bank_init", self.bank_init, "one of: " + ", ".join(BANK_INITS))
 
 
 class InstDisc(Method):
@@ -63,12 +70,20 @@ class InstDisc(Method):
         self.head = nn.Linear(self.feature_dim, hp.embed_dim)
         self.bank = MemoryBank(num_train, hp.embed_dim, hp.bank_momentum)
 
+    def embed(self, x):
+        return F.normalize(self.head(self.backbone(x)), dim=1)
+
+    def on_train_start(self) -> None:
+        if self.hp.bank_init == "features":
+            fill_from_training_set(self, self.embed, self.bank)
+
     def step(self, views, index) -> StepOutput:
         hp, bank = self.hp, self.bank
         h = self.backbone(views[0])
         v = F.normalize(self.head(h), dim=1)                                        # [N, E]
         if hp.loss == "nce":
-            loss = bank.nce_loss(v, index, hp.num_negatives, hp.temperature)         # own row vs m noise rows
+            loss = bank.nce_loss(v, index, hp.num_negatives, hp.temperature,   # own row vs m noise rows
+                                 shared_noise=hp.shared_noise)
         else:
             loss = F.cross_entropy(v @ bank.all().T / hp.temperature, index)       # over all n rows
         logs = {"instance_loss": loss.detach()}

@@ -34,7 +34,7 @@ from ssl_zoo.errors import ConfigError, check
 from ssl_zoo.losses.clustering import local_aggregation_loss
 from ssl_zoo.memory.bank import MemoryBank
 from ssl_zoo.memory.kmeans import BACKENDS, kmeans
-from ssl_zoo.methods._clustering import eval_mode, from_rank0, training_set_features
+from ssl_zoo.methods._clustering import fill_from_training_set, from_rank0
 from ssl_zoo.methods.base import Method, MethodConfig, StepOutput
 
 
@@ -96,10 +96,7 @@ class LocalAggregation(Method):
     @torch.no_grad()
     def recluster(self, epoch: int) -> None:
         hp, bank = self.hp, self.bank.bank
-        if int(self.clustered_epoch) < 0:  # a fresh run: the bank starts from the current embeddings
-            with eval_mode(self):
-                bank.copy_(training_set_features(lambda x: self.embed(self._format(x)), self.trainer.datamodule,
-                                                 self.device))
+        fill_from_training_set(self, self.embed, self.bank)  # a fresh run: the current embeddings
         for h, k in enumerate(hp.num_clusters):
             labels = torch.zeros_like(self.cluster_labels[h])
             if rank() == 0:
