@@ -68,6 +68,16 @@ def test_softmax_variant_is_cross_entropy_over_every_bank_row_and_proximal_term_
     torch.testing.assert_close(out.logs["proximal"], proximal, rtol=1e-5, atol=1e-6)
 
 
+def test_softmax_variant_keeps_no_normaliser_and_its_run_checkpoints(in_tmp):
+    from ssl_zoo.train import train
+
+    assert build("method.loss=softmax").bank.log_z.numel() == 0  # an unestimated log Z is NaN
+    cfg = compose(tiny("instdisc", "method.loss=softmax", "trainer.max_steps=2", "monitor.knn=false"))
+    train(cfg, in_tmp / "run")
+    state = torch.load(in_tmp / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert state["global_step"] == 2
+
+
 def test_unknown_loss_and_unknown_training_set_size_are_config_errors():
     with pytest.raises(ConfigError, match="method.loss"):
         validate_config(compose(tiny("instdisc", "method.loss=hinge")))

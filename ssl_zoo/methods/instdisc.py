@@ -68,7 +68,8 @@ class InstDisc(Method):
         self.require_num_train("the memory bank keeps one row per training image")
         hp = self.hp
         self.head = nn.Linear(self.feature_dim, hp.embed_dim)
-        self.bank = MemoryBank(num_train, hp.embed_dim, hp.bank_momentum)
+        # the full softmax needs no normaliser (an unestimated one is NaN, which no checkpoint may hold)
+        self.bank = MemoryBank(num_train, hp.embed_dim, hp.bank_momentum, num_normalisers=int(hp.loss == "nce"))
 
     def embed(self, x):
         return F.normalize(self.head(self.backbone(x)), dim=1)
@@ -85,7 +86,8 @@ class InstDisc(Method):
             loss = bank.nce_loss(v, index, hp.num_negatives, hp.temperature,   # own row vs m noise rows
                                  shared_noise=hp.shared_noise)
         else:
-            loss = F.cross_entropy(v @ bank.all().T / hp.temperature, index)       # over all n rows
+            # over all n rows; a copy, as the update below writes the bank in place before the backward
+            loss = F.cross_entropy(v @ bank.all().clone().T / hp.temperature, index)
         logs = {"instance_loss": loss.detach()}
         if hp.proximal_lambda > 0:
             proximal = (v - bank(index)).pow(2).sum(dim=1).mean()
