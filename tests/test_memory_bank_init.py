@@ -1,5 +1,6 @@
-"""``method.bank_init=features``: the memory banks of InstDisc, PIRL and CMC start from the encoder's own
-embeddings of every training image, once per run (a resumed run keeps the bank it had)."""
+"""``method.bank_init=features``: InstDisc's memory bank (full-softmax variant) starts from the encoder's
+own embeddings of every training image, once per run (a resumed run keeps the bank it had); with NCE the
+option is refused."""
 
 from __future__ import annotations
 
@@ -11,57 +12,59 @@ from conftest import tiny
 from test_resume import KillAfter, Killed, last_state
 
 from ssl_zoo.cli import compose
+from ssl_zoo.config import validate_config
+from ssl_zoo.errors import ConfigError
 from ssl_zoo.methods._clustering import eval_mode, training_set_features
 from ssl_zoo.train import train
 
-BANKS = {"instdisc": ("bank",), "pirl": ("bank",), "cmc": ("bank_l", "bank_ab")}
 QUIET = ("monitor.knn=false", "monitor.probe=false", "monitor.health=false", "data.num_samples=48")
+SOFTMAX = ("method.loss=softmax", *QUIET)
 
 
 class FirstBatch(pl.Callback):
-    """The banks at the first training batch, and the embeddings computed independently then."""
+    """The bank at the first training batch, and the embeddings computed independently then."""
 
     def __init__(self):
-        self.banks: list[torch.Tensor] = []
+        self.bank: torch.Tensor | None = None
         self.expected: torch.Tensor | None = None
-        self.filled: list[bool] = []
+        self.filled = False
 
     def on_train_batch_start(self, trainer, model, batch, batch_idx):
-        if self.expected is not None:
+        if self.bank is not None:
             return
-        banks = [getattr(model, name) for name in BANKS[model.name]]
-        self.banks = [bank.all().clone() for bank in banks]
-        self.filled = [bool(bank.filled) for bank in banks]
+        self.bank, self.filled = model.bank.all().clone(), bool(model.bank.filled)
         with eval_mode(model):
             self.expected = training_set_features(model.embed, trainer.datamodule, model.device)
 
 
-@pytest.mark.parametrize("method", sorted(BANKS))
-def test_banks_start_from_the_encoders_embeddings_of_every_training_image(method, in_tmp):
+def test_the_bank_starts_from_the_encoders_embeddings_of_every_training_image(in_tmp):
     seen = FirstBatch()
-    train(compose(tiny(method, "method.bank_init=features", "trainer.max_steps=1", *QUIET)), in_tmp / "run",
+    train(compose(tiny("instdisc", "method.bank_init=features", "trainer.max_steps=1", *SOFTMAX)), in_tmp / "run",
           extra_callbacks=[seen])
-    assert all(seen.filled)
-    expected = seen.expected.split([bank.shape[1] for bank in seen.banks], dim=1)
-    for bank, rows in zip(seen.banks, expected, strict=True):
-        assert bank.shape[0] == 48
-        torch.testing.assert_close(bank, F.normalize(rows, dim=1), rtol=1e-5, atol=1e-6)
+    assert seen.filled and seen.bank.shape[0] == 48
+    torch.testing.assert_close(seen.bank, F.normalize(seen.expected, dim=1), rtol=1e-5, atol=1e-6)
 
 
 def test_random_rows_are_kept_when_the_bank_init_is_random(in_tmp):
     seen = FirstBatch()
-    train(compose(tiny("instdisc", "trainer.max_steps=1", *QUIET)), in_tmp / "run", extra_callbacks=[seen])
-    assert seen.filled == [False]
-    assert (seen.banks[0] @ F.normalize(seen.expected, dim=1).T).diagonal().abs().max() < 0.99
+    train(compose(tiny("instdisc", "trainer.max_steps=1", *SOFTMAX)), in_tmp / "run", extra_callbacks=[seen])
+    assert not seen.filled
+    assert (seen.bank @ F.normalize(seen.expected, dim=1).T).diagonal().abs().max() < 0.99
 
 
 def test_a_resumed_run_keeps_its_bank_instead_of_refilling_it(in_tmp):
     overrides = tiny("instdisc", "method.bank_init=features", "trainer.max_steps=3",
-                     "trainer.checkpoint_every_n_steps=1", *QUIET)
+                     "trainer.checkpoint_every_n_steps=1", *SOFTMAX)
     with pytest.raises(Killed):
         train(compose(overrides), in_tmp / "run", extra_callbacks=[KillAfter(2)])
     saved = last_state(in_tmp / "run")["state_dict"]
     assert bool(saved["bank.filled"])
     seen = FirstBatch()
     train(compose([*overrides, "resume=auto"]), in_tmp / "run", extra_callbacks=[seen])
-    assert torch.equal(seen.banks[0], saved["bank.bank"])  # the checkpoint's rows, not a fresh pass
+    assert torch.equal(seen.bank, saved["bank.bank"])  # the checkpoint's rows, not a fresh pass
+
+
+def test_a_filled_bank_with_nce_is_refused_in_one_line():
+    with pytest.raises(ConfigError, match="method.bank_init.*loss=nce") as err:
+        validate_config(compose(tiny("instdisc", "method.bank_init=features")))
+    assert "\n" not in str(err.value)

@@ -7,11 +7,11 @@ Maaten 2019) keeps the features of the untransformed images the same way; Local 
 et al. 2019) reads neighbours and clusters off the whole bank (:meth:`MemoryBank.all`).
 
 State (the rows and each NCE objective's log Z) is in registered buffers, so a checkpoint holds it and a
-resumed run continues with the same bank. ``bank_init=features`` (InstDisc, PIRL, CMC; Local Aggregation
-always) starts the rows from the encoder's own embeddings of every training image instead of random
-vectors (:func:`ssl_zoo.methods._clustering.fill_from_training_set`): with random rows the first epoch's
-positives are noise, which a paper's 200 epochs absorb and a two-epoch budget does not. The bank does no
-collective work of its own except the one-off estimate of log Z over the global batch: under data
+resumed run continues with the same bank. ``bank_init=features`` (InstDisc's full softmax; Local
+Aggregation always) starts the rows from the encoder's own embeddings of every training image instead of
+random vectors (:func:`ssl_zoo.methods._clustering.fill_from_training_set`): with random rows the first
+epoch's positives are noise, which a paper's 200 epochs absorb and a two-epoch budget does not. The bank
+does no collective work of its own except the one-off estimate of log Z over the global batch: under data
 parallelism the caller passes *gathered* indices and features to :meth:`MemoryBank.update`, so every rank
 holds the same bank.
 """

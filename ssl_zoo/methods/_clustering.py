@@ -54,17 +54,14 @@ def training_set_features(encode: Callable[[Tensor], Tensor], datamodule, device
 
 
 @torch.no_grad()
-def fill_from_training_set(method, encode: Callable[[Tensor], Tensor], *banks) -> None:
-    """Each memory bank's rows from ``encode`` (the banks' embeddings side by side, [B, sum of dims]) of
-    every training image's evaluation view, in eval mode, once per run: a bank already filled (a resumed
-    run: the flag is in the checkpoint) is left as it is."""
-    if all(bool(bank.filled) for bank in banks):
+def fill_from_training_set(method, encode: Callable[[Tensor], Tensor], bank) -> None:
+    """A memory bank's rows from ``encode`` of every training image's evaluation view, in eval mode, once per
+    run: a bank already filled (a resumed run: the flag is in the checkpoint) is left as it is."""
+    if bool(bank.filled):
         return
     with eval_mode(method):
-        features = training_set_features(lambda x: encode(method._format(x)), method.trainer.datamodule,
-                                         method.device)
-    for bank, rows in zip(banks, features.split([bank.dim for bank in banks], dim=1), strict=True):
-        bank.fill(rows)
+        bank.fill(training_set_features(lambda x: encode(method._format(x)), method.trainer.datamodule,
+                                        method.device))
 
 
 def from_rank0(x: Tensor) -> Tensor:

@@ -18,9 +18,7 @@ Recipe (ImageNet, the official code): T = 0.07, bank momentum 0.5, 128-d, SGD lr
 lr x0.1 steps; crop (area 0.2-1) and flip only, no colour jitter (colour *is* a view); m = 4096 noise
 samples per anchor. Deviations: both encoders are the configured backbone (``in_chans`` 1 and 2), with a
 linear head to 128-d; the NCE normaliser Z of each direction is estimated at the first step and kept, as
-InstDisc does; ``bank_init=features`` starts both banks from the encoders' embeddings (one pass over the
-training set before the first step) instead of random vectors, for short budgets. ``objective=infonce``
-(in-batch negatives, no banks) is the softmax variant of CMC.
+InstDisc does. ``objective=infonce`` (in-batch negatives, no banks) is the softmax variant of CMC.
 """
 
 from __future__ import annotations
@@ -35,8 +33,7 @@ from ssl_zoo.backbones import build_backbone
 from ssl_zoo.distributed import gather_no_grad, gather_with_grad
 from ssl_zoo.errors import ConfigError, check
 from ssl_zoo.losses.contrastive import info_nce
-from ssl_zoo.memory.bank import BANK_INITS, MemoryBank
-from ssl_zoo.methods._clustering import fill_from_training_set
+from ssl_zoo.memory.bank import MemoryBank
 from ssl_zoo.methods.base import Method, MethodConfig, StepOutput
 from ssl_zoo.transforms.color import normalized_rgb_to_lab
 
@@ -53,7 +50,6 @@ class CMCConfig(MethodConfig):
     temperature: float = 0.07
     num_negatives: int = 4096  # m noise samples per anchor (objective=nce)
     bank_momentum: float = 0.5
-    bank_init: str = "random"  # or "features": both views' embeddings before the first step (objective=nce)
     shared_noise: bool = False  # one draw of the m noise rows for the whole batch (MemoryBank.nce_loss)
 
     def validate(self, prefix: str = "method") -> None:
@@ -62,7 +58,6 @@ class CMCConfig(MethodConfig):
         check(self.temperature > 0, f"{prefix}.temperature", self.temperature, "a number > 0")
         check(self.num_negatives >= 1, f"{prefix}.num_negatives", self.num_negatives, "an integer >= 1")
         check(0.0 <= self.bank_momentum < 1.0, f"{prefix}.bank_momentum", self.bank_momentum, "a number in [0, 1)")
-        check(self.bank_init in BANK_INITS, f"{prefix}.bank_init", self.bank_init, "one of: " + ", ".join(BANK_INITS))
 
 
 class CMC(Method):
@@ -95,15 +90,6 @@ class CMC(Method):
 
     def forward(self, images):
         return torch.cat(self.encode(images), dim=1)
-
-    def embed(self, x):
-        """Both views' normalised embeddings side by side: [N, 2E] (the L bank's rows, then the ab bank's)."""
-        h_l, h_ab = self.encode(x)
-        return torch.cat([F.normalize(self.head_l(h_l), dim=1), F.normalize(self.head_ab(h_ab), dim=1)], dim=1)
-
-    def on_train_start(self) -> None:
-        if self.hp.objective == "nce" and self.hp.bank_init == "features":
-            fill_from_training_set(self, self.embed, self.bank_l, self.bank_ab)
 
     def contrast(self, z, bank: MemoryBank, index):
         """NCE of anchors z [N, E] against the other view's bank: positive its own row, m noise rows."""

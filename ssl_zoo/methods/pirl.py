@@ -19,9 +19,7 @@ Recipe (ImageNet, ResNet-50): 32,000 negatives, τ = 0.07, bank momentum 0.5, λ
 momentum 0.9, wd 1e-4; 63.6% linear top-1. Ours: cells of image_size // 3 px and patches of
 ``patch_fraction`` (64 / 85) of a cell, cut from the second augmented view of the image (the paper
 augments each patch on its own); one shared backbone encodes the image and the patches (a ViT sees
-its patches resized to the image size). ``bank_init=features`` starts the bank from the image embeddings
-of every training image (one pass before the first step) instead of random vectors, for short budgets
-where random rows would make the first epoch's positives noise. Evaluation reads the backbone features of the image.
+its patches resized to the image size). Evaluation reads the backbone features of the image.
 """
 
 from __future__ import annotations
@@ -35,8 +33,7 @@ import torch.nn.functional as F
 from ssl_zoo.distributed import gather_no_grad
 from ssl_zoo.errors import check
 from ssl_zoo.heads.jigsaw import PatchConcatHead
-from ssl_zoo.memory.bank import BANK_INITS, MemoryBank
-from ssl_zoo.methods._clustering import fill_from_training_set
+from ssl_zoo.memory.bank import MemoryBank
 from ssl_zoo.methods.base import Method, MethodConfig, StepOutput
 
 GRID = 3  # the 3 x 3 jigsaw of Noroozi & Favaro (2016), as PIRL
@@ -74,7 +71,6 @@ class PIRLConfig(MethodConfig):
     num_negatives: int = 32000
     bank_momentum: float = 0.5
     loss_weight: float = 0.5  # λ: weight of the jigsaw term, 1 - λ that of the image term
-    bank_init: str = "random"  # or "features": the encoder's image embeddings before the first step
     shared_noise: bool = False  # one draw of the m noise rows for the whole batch (MemoryBank.nce_loss)
 
     def validate(self, prefix: str = "method") -> None:
@@ -85,7 +81,6 @@ class PIRLConfig(MethodConfig):
         check(self.num_negatives >= 1, f"{prefix}.num_negatives", self.num_negatives, "an integer >= 1")
         check(0.0 <= self.bank_momentum < 1.0, f"{prefix}.bank_momentum", self.bank_momentum, "a number in [0, 1)")
         check(0.0 <= self.loss_weight <= 1.0, f"{prefix}.loss_weight", self.loss_weight, "a number in [0, 1]")
-        check(self.bank_init in BANK_INITS, f"{prefix}.bank_init", self.bank_init, "one of: " + ", ".join(BANK_INITS))
 
 
 class PIRL(Method):
@@ -108,13 +103,6 @@ class PIRL(Method):
         if hasattr(self.backbone, "patch_embed"):  # a ViT takes its configured image size only
             flat = F.interpolate(flat, size=self.cfg.data.image_size, mode="bilinear", align_corners=False)
         return self.backbone(self._format(flat)).reshape(*patches.shape[:2], -1)
-
-    def embed(self, x):
-        return F.normalize(self.image_head(self.backbone(x)), dim=1)
-
-    def on_train_start(self) -> None:
-        if self.hp.bank_init == "features":
-            fill_from_training_set(self, self.embed, self.bank)
 
     def contrast(self, z, index, k: int):
         """InstDisc's NCE of ``z`` [N, E] (normalised) against its own bank row and m uniform noise rows."""
