@@ -87,3 +87,21 @@ def test_skip_nonfinite_skips_the_step_keeps_the_weights_and_counts_it_in_log_an
     with open(in_tmp / "run" / "metrics.csv") as f:
         counts = [float(row["train/skipped_steps"]) for row in csv.DictReader(f) if row.get("train/skipped_steps")]
     assert counts and max(counts) == 1.0
+
+
+def test_huge_but_finite_gradients_are_not_a_fault():
+    """Their float32 sum overflows to inf; the check is element-wise, so no fault (and no StopIteration,
+    which inside a Lightning hook would end the epoch silently)."""
+    from types import SimpleNamespace
+
+    from ssl_zoo.callbacks.nonfinite import NonFiniteGuard
+
+    huge, broken = torch.nn.Parameter(torch.zeros(4)), torch.nn.Parameter(torch.zeros(2))
+    huge.grad = torch.full((4,), 3e38)
+    optimizer = torch.optim.SGD([huge], lr=0.1)
+    trainer = SimpleNamespace(precision_plugin=SimpleNamespace())
+    guard = NonFiniteGuard()
+    assert not torch.isfinite(huge.grad.sum()) and guard._fault(trainer, optimizer) is None
+    broken.grad = torch.tensor([1.0, float("nan")])
+    optimizer.add_param_group({"params": [broken]})
+    assert guard._fault(trainer, optimizer) == "gradient nan"
