@@ -12,8 +12,9 @@ measurement changes nothing a resumed run depends on. Logged as ``val/rankme``, 
 Partial (dimensional) collapse: from the second validation on, ``val/rank_kept`` is RankMe over the first
 validation's RankMe (the random init's when the run validates before its first step, as the default run
 does), and a warning is logged when it falls below ``rank_fraction``. Measured on the default budget: runs
-whose kNN beat the random init kept 0.68-0.73 of the random init's rank (SimCLR, SimCLR v2, MoCo v1,
-SupCon); BYOL and MoCo v3 with SimCLR's settings kept 0.22 and 0.29 and lost 10.6 and 6.6 kNN points.
+whose kNN beat the random init kept 0.68-2.06 of the random init's rank (SimCLR, SimCLR v2, MoCo v1, SupCon
+0.68-0.73; InvaSpread and InstDisc's softmax about 2); BYOL and MoCo v3 with SimCLR's settings kept 0.22
+and 0.29 and lost 10.6 and 6.6 kNN points, InstDisc with NCE 0.09 (BENCHMARKS.md).
 The first RankMe is in the checkpoint (``state_dict``), so a resumed run compares against the same value.
 """
 

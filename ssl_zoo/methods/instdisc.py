@@ -48,7 +48,7 @@ class InstDiscConfig(MethodConfig):
     num_negatives: int = 4096  # m noise samples per anchor (loss=nce)
     bank_momentum: float = 0.5
     proximal_lambda: float = 0.0
-    bank_init: str = "random"  # or "features": the encoder's embeddings before the first step
+    bank_init: str = "random"  # or "features" (loss=softmax): the encoder's embeddings before the first step
     shared_noise: bool = False  # one draw of the m noise rows for the whole batch (MemoryBank.nce_loss)
 
     def validate(self, prefix: str = "method") -> None:
