@@ -1,5 +1,5 @@
-"""MemoryBank (Wu et al. 2018): rows per training image, momentum update, a fixed NCE normaliser, state in
-the checkpoint, and the same bank on every rank when the caller gathers."""
+"""MemoryBank (Wu et al. 2018): rows per training image, momentum update, a fixed or running NCE normaliser,
+state in the checkpoint, and the same bank on every rank when the caller gathers."""
 
 from __future__ import annotations
 
@@ -60,6 +60,30 @@ def test_normaliser_is_estimated_at_the_first_call_and_then_fixed():
     assert bank.normaliser(1, torch.randn(8, 16) + 5) == log_z
 
 
+def _monte_carlo_z(logits: torch.Tensor, n: int) -> float:
+    """Z = n · mean(exp(logits)), in float64 (the estimate written out, not in log space)."""
+    return n * logits.double().exp().mean().item()
+
+
+def test_running_normaliser_is_a_linear_space_mean_of_each_steps_estimate():
+    import math
+
+    bank = MemoryBank(100, 4, normaliser_momentum=0.75)
+    steps = [torch.randn(8, 16), torch.randn(8, 16) + 2, torch.randn(8, 16) - 1]
+    z = _monte_carlo_z(steps[0], 100)  # the first call takes the estimate as it is
+    for i, logits in enumerate(steps):
+        if i:
+            z = 0.75 * z + 0.25 * _monte_carlo_z(logits, 100)
+        assert bank.normaliser(0, logits).item() == pytest.approx(math.log(z), rel=1e-5)
+
+
+def test_normaliser_momentum_zero_takes_each_steps_estimate():
+    bank = MemoryBank(50, 4, normaliser_momentum=0.0)
+    for shift in (0.0, 3.0):
+        logits = torch.randn(6, 10) + shift
+        torch.testing.assert_close(bank.normaliser(0, logits), estimate_nce_normaliser(logits, 50))
+
+
 def test_bank_and_normalisers_round_trip_through_the_state_dict():
     bank = MemoryBank(9, 4)
     bank.update(torch.tensor([2]), torch.randn(1, 4))
@@ -101,6 +125,8 @@ def test_bad_arguments_are_refused():
         MemoryBank(4, 2, momentum=1.0)
     with pytest.raises(ValueError, match="size"):
         MemoryBank(0, 2)
+    with pytest.raises(ValueError, match="normaliser_momentum"):
+        MemoryBank(4, 2, normaliser_momentum=1.5)
     with pytest.raises(ValueError, match="update expects"):
         MemoryBank(4, 2).update(torch.tensor([0]), torch.randn(1, 3))
 
@@ -129,3 +155,19 @@ def test_two_ranks_updating_with_gathered_rows_hold_the_same_bank_as_one_process
     global_estimate = estimate_nce_normaliser(torch.cat([r["negatives"] for r in per_rank]), 8)
     for r in per_rank:
         torch.testing.assert_close(r["log_z"], global_estimate)
+
+
+def _running_normaliser(rank: int, world: int) -> dict:
+    bank = MemoryBank(8, 3, normaliser_momentum=0.5)
+    steps = [torch.randn(2, 5, generator=torch.Generator().manual_seed(30 + 10 * step + rank)) + step
+             for step in range(3)]
+    return {"steps": steps, "log_z": [bank.normaliser(0, logits) for logits in steps]}
+
+
+def test_a_running_normaliser_under_two_ranks_follows_the_global_batchs_estimates():
+    per_rank = run_on_ranks(_running_normaliser, 2)
+    one = MemoryBank(8, 3, normaliser_momentum=0.5)
+    for step in range(3):
+        expected = one.normaliser(0, torch.cat([r["steps"][step] for r in per_rank]))
+        for r in per_rank:
+            torch.testing.assert_close(r["log_z"][step], expected)

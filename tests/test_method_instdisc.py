@@ -54,6 +54,21 @@ def test_nce_step_uses_the_bank_rows_of_the_batch_and_fixes_log_z_at_the_first_s
     assert torch.equal(model.bank.log_z[0], log_z)
 
 
+@pytest.mark.parametrize("method", ["instdisc", "pirl"])
+def test_a_running_normaliser_moves_log_z_with_each_steps_noise(method):
+    cfg = compose(tiny(method, "method.normaliser_momentum=0.5"))
+    typed = validate_config(cfg)
+    torch.manual_seed(0)
+    model = METHODS[method](cfg, num_train=typed["data"].num_samples).train()
+    assert model.bank.normaliser_momentum == 0.5
+    views, index = batch(0)
+    model.step(views * 2, index)  # PIRL reads a second view (InstDisc ignores it)
+    first = model.bank.log_z.clone()
+    views, index = batch(1)
+    model.step(views * 2, index)
+    assert torch.isfinite(model.bank.log_z).all() and not torch.equal(model.bank.log_z, first)
+
+
 def test_softmax_variant_is_cross_entropy_over_every_bank_row_and_proximal_term_adds_its_penalty():
     torch.manual_seed(0)
     model = build("method.loss=softmax", "method.proximal_lambda=3.0").train()

@@ -11,7 +11,7 @@ resumed run continues with the same bank. ``bank_init=features`` (InstDisc's ful
 Aggregation always) starts the rows from the encoder's own embeddings of every training image instead of
 random vectors (:func:`ssl_zoo.methods._clustering.fill_from_training_set`): with random rows the first
 epoch's positives are noise, which a paper's 200 epochs absorb and a two-epoch budget does not. The bank
-does no collective work of its own except the one-off estimate of log Z over the global batch: under data
+does no collective work of its own except the estimate of log Z over the global batch: under data
 parallelism the caller passes *gathered* indices and features to :meth:`MemoryBank.update`, so every rank
 holds the same bank.
 """
@@ -37,12 +37,15 @@ class MemoryBank(nn.Module):
     Rows start as random unit vectors (InstDisc's code draws them uniformly; any random unit vectors
     serve). ``momentum``: the weight of the old row in :meth:`update` (0 replaces it). ``num_normalisers``:
     how many NCE objectives keep their own log Z (Wu et al. 2018, eq. 5) against this bank; each is NaN
-    until :meth:`normaliser` estimates it at the first step, then fixed.
+    until :meth:`normaliser` estimates it at the first step. ``normaliser_momentum`` μ: 1 keeps that first
+    estimate (the paper); below 1, Z follows the bank as a running mean, Z ← μ·Z + (1 - μ)·Ẑ with Ẑ each
+    step's Monte-Carlo estimate.
     """
 
     frozen_in_overfit_test = True  # a fixed-batch overfit would write its own positives into the bank
 
-    def __init__(self, size: int, dim: int, momentum: float = 0.5, num_normalisers: int = 1):
+    def __init__(self, size: int, dim: int, momentum: float = 0.5, num_normalisers: int = 1,
+                 normaliser_momentum: float = 1.0):
         super().__init__()
         if size < 1 or dim < 1:
             raise ValueError(f"a memory bank needs size >= 1 and dim >= 1, got {size} and {dim}")
@@ -50,7 +53,10 @@ class MemoryBank(nn.Module):
             raise ValueError(f"memory-bank momentum must be in [0, 1), got {momentum}")
         if num_normalisers < 0:
             raise ValueError(f"num_normalisers must be >= 0, got {num_normalisers}")
+        if not 0.0 <= normaliser_momentum <= 1.0:
+            raise ValueError(f"normaliser_momentum must be in [0, 1], got {normaliser_momentum}")
         self.momentum = momentum
+        self.normaliser_momentum = normaliser_momentum
         self.register_buffer("bank", F.normalize(torch.randn(size, dim), dim=1))
         self.register_buffer("log_z", torch.full((num_normalisers,), float("nan")))
         self.register_buffer("filled", torch.tensor(False))  # rows set from embeddings by fill()
@@ -77,17 +83,28 @@ class MemoryBank(nn.Module):
 
     @torch.no_grad()
     def normaliser(self, k: int, negative_logits: Tensor) -> Tensor:
-        """log Z of objective ``k``: estimated from the first negative logits it sees [N, m], then fixed.
+        """log Z of objective ``k`` after seeing the negative logits [N, m] of this step.
 
-        Under data parallelism the Monte-Carlo mean runs over the noise of *every* rank (the per-rank
-        log-sum-exps and counts are gathered and combined in linear space), so the constant is the one a
-        single device holding the global batch would estimate, and every rank keeps the same one."""
-        if torch.isnan(self.log_z[k]):
+        The first call sets it to the Monte-Carlo estimate log Ẑ = log n + log mean(exp(logits)); later
+        calls keep it (``normaliser_momentum`` 1, the paper) or move it, in linear space, towards that
+        step's estimate: Z ← μ·Z + (1 - μ)·Ẑ. Wu et al. fix Z because on ImageNet the features soon
+        spread out and Z barely moves; when the bank's rows drift together or apart (a short run, a bank
+        filled from a fresh encoder) a fixed Z puts every noise row above it or every positive below it.
+        Under data parallelism the mean runs over the noise of *every* rank (the per-rank log-sum-exps and
+        counts are gathered and combined in linear space), so every rank keeps the same constant, the one
+        a single device holding the global batch would estimate."""
+        mu = self.normaliser_momentum
+        fresh = bool(torch.isnan(self.log_z[k]))
+        if fresh or mu < 1.0:
             flat = negative_logits.detach().flatten().to(self.log_z.dtype)
             lse = gather_no_grad(torch.logsumexp(flat, dim=0).reshape(1))
             count = gather_no_grad(torch.tensor([flat.numel()], dtype=self.log_z.dtype, device=flat.device))
-            self.log_z[k] = torch.logsumexp(lse, dim=0) + math.log(self.size) - torch.log(count.sum())
-        return self.log_z[k]
+            estimate = torch.logsumexp(lse, dim=0) + math.log(self.size) - torch.log(count.sum())
+            if fresh or mu == 0.0:
+                self.log_z[k] = estimate
+            else:
+                self.log_z[k] = torch.logaddexp(self.log_z[k] + math.log(mu), estimate + math.log1p(-mu))
+        return self.log_z[k].clone()  # a copy: the next objective's update writes log_z in place
 
     def nce_loss(self, z: Tensor, index: Tensor, num_negatives: int, temperature: float, k: int = 0,
                  shared_noise: bool = False) -> Tensor:

@@ -50,6 +50,7 @@ class CMCConfig(MethodConfig):
     temperature: float = 0.07
     num_negatives: int = 4096  # m noise samples per anchor (objective=nce)
     bank_momentum: float = 0.5
+    normaliser_momentum: float = 1.0  # 1: NCE's Z fixed at the first step (the paper); < 1: a running mean
     shared_noise: bool = False  # one draw of the m noise rows for the whole batch (MemoryBank.nce_loss)
 
     def validate(self, prefix: str = "method") -> None:
@@ -58,6 +59,8 @@ class CMCConfig(MethodConfig):
         check(self.temperature > 0, f"{prefix}.temperature", self.temperature, "a number > 0")
         check(self.num_negatives >= 1, f"{prefix}.num_negatives", self.num_negatives, "an integer >= 1")
         check(0.0 <= self.bank_momentum < 1.0, f"{prefix}.bank_momentum", self.bank_momentum, "a number in [0, 1)")
+        check(0.0 <= self.normaliser_momentum <= 1.0, f"{prefix}.normaliser_momentum", self.normaliser_momentum,
+              "a number in [0, 1]")
 
 
 class CMC(Method):
@@ -76,8 +79,10 @@ class CMC(Method):
             if not num_train:
                 raise ConfigError("method.objective", hp.objective, "infonce when the training-set size is unknown",
                                   "the NCE memory banks need one row per training image")
-            self.bank_l = MemoryBank(num_train, hp.embed_dim, hp.bank_momentum)
-            self.bank_ab = MemoryBank(num_train, hp.embed_dim, hp.bank_momentum)
+            self.bank_l = MemoryBank(num_train, hp.embed_dim, hp.bank_momentum,
+                                     normaliser_momentum=hp.normaliser_momentum)
+            self.bank_ab = MemoryBank(num_train, hp.embed_dim, hp.bank_momentum,
+                                      normaliser_momentum=hp.normaliser_momentum)
 
     def split_views(self, x):
         lab = normalized_rgb_to_lab(x, self.cfg.data.mean, self.cfg.data.std)

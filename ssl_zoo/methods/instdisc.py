@@ -47,6 +47,7 @@ class InstDiscConfig(MethodConfig):
     temperature: float = 0.07
     num_negatives: int = 4096  # m noise samples per anchor (loss=nce)
     bank_momentum: float = 0.5
+    normaliser_momentum: float = 1.0  # 1: NCE's Z fixed at the first step (the paper); < 1: a running mean
     proximal_lambda: float = 0.0
     bank_init: str = "random"  # or "features" (loss=softmax): the encoder's embeddings before the first step
     shared_noise: bool = False  # one draw of the m noise rows for the whole batch (MemoryBank.nce_loss)
@@ -57,6 +58,8 @@ class InstDiscConfig(MethodConfig):
         check(self.temperature > 0, f"{prefix}.temperature", self.temperature, "a number > 0")
         check(self.num_negatives >= 1, f"{prefix}.num_negatives", self.num_negatives, "an integer >= 1")
         check(0.0 <= self.bank_momentum < 1.0, f"{prefix}.bank_momentum", self.bank_momentum, "a number in [0, 1)")
+        check(0.0 <= self.normaliser_momentum <= 1.0, f"{prefix}.normaliser_momentum", self.normaliser_momentum,
+              "a number in [0, 1]")
         check(self.proximal_lambda >= 0, f"{prefix}.proximal_lambda", self.proximal_lambda, "a number >= 0")
         check(self.bank_init in BANK_INITS, f"{prefix}.bank_init", self.bank_init, "one of: " + ", ".join(BANK_INITS))
         check(self.bank_init == "random" or self.loss == "softmax", f"{prefix}.bank_init", self.bank_init,
@@ -75,7 +78,8 @@ class InstDisc(Method):
         hp = self.hp
         self.head = nn.Linear(self.feature_dim, hp.embed_dim)
         # the full softmax needs no normaliser (an unestimated one is NaN, which no checkpoint may hold)
-        self.bank = MemoryBank(num_train, hp.embed_dim, hp.bank_momentum, num_normalisers=int(hp.loss == "nce"))
+        self.bank = MemoryBank(num_train, hp.embed_dim, hp.bank_momentum, num_normalisers=int(hp.loss == "nce"),
+                               normaliser_momentum=hp.normaliser_momentum)
 
     def embed(self, x):
         return F.normalize(self.head(self.backbone(x)), dim=1)

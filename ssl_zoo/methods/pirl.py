@@ -70,6 +70,7 @@ class PIRLConfig(MethodConfig):
     temperature: float = 0.07
     num_negatives: int = 32000
     bank_momentum: float = 0.5
+    normaliser_momentum: float = 1.0  # 1: NCE's Z fixed at the first step (the paper); < 1: a running mean
     loss_weight: float = 0.5  # λ: weight of the jigsaw term, 1 - λ that of the image term
     shared_noise: bool = False  # one draw of the m noise rows for the whole batch (MemoryBank.nce_loss)
 
@@ -80,6 +81,8 @@ class PIRLConfig(MethodConfig):
         check(self.temperature > 0, f"{prefix}.temperature", self.temperature, "a number > 0")
         check(self.num_negatives >= 1, f"{prefix}.num_negatives", self.num_negatives, "an integer >= 1")
         check(0.0 <= self.bank_momentum < 1.0, f"{prefix}.bank_momentum", self.bank_momentum, "a number in [0, 1)")
+        check(0.0 <= self.normaliser_momentum <= 1.0, f"{prefix}.normaliser_momentum", self.normaliser_momentum,
+              "a number in [0, 1]")
         check(0.0 <= self.loss_weight <= 1.0, f"{prefix}.loss_weight", self.loss_weight, "a number in [0, 1]")
 
 
@@ -95,7 +98,8 @@ class PIRL(Method):
         self.require_num_train("PIRL's memory bank needs one row per training image")
         self.image_head = nn.Linear(self.feature_dim, hp.embed_dim)
         self.jigsaw_head = PatchConcatHead(self.feature_dim, hp.patch_dim, GRID * GRID, hp.embed_dim)
-        self.bank = MemoryBank(num_train, hp.embed_dim, hp.bank_momentum, num_normalisers=2)
+        self.bank = MemoryBank(num_train, hp.embed_dim, hp.bank_momentum, num_normalisers=2,
+                               normaliser_momentum=hp.normaliser_momentum)
 
     def encode_patches(self, patches: torch.Tensor) -> torch.Tensor:
         """Backbone features [N, P, F] of patches [N, P, C, p, p]."""
