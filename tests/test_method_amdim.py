@@ -38,3 +38,23 @@ def test_loss_averages_both_directions_over_every_location_of_the_last_map(estim
 def test_an_unknown_estimator_names_the_choices():
     with pytest.raises(ConfigError, match="method.estimator.*nce, jsd"):
         build("method.estimator=dv")
+
+
+def test_local_stage_takes_the_locals_from_an_earlier_stage_and_keeps_the_pooled_last_map_global():
+    torch.manual_seed(0)
+    model = build("method.local_stage=2").eval()
+    b, x = model.backbone, torch.randn(4, 3, 16, 16)
+    with torch.no_grad():
+        stage2 = b.layer2(b.layer1(b.maxpool(b.relu(b.bn1(b.conv1(x))))))
+        fmap, pooled = feature_map(b, x, stage=2)
+        _, local, h = model.embed(x)
+        torch.testing.assert_close(fmap, stage2)
+        torch.testing.assert_close(pooled, b(x))
+        torch.testing.assert_close(h, b(x))
+    assert local.shape == (4, stage2.shape[2] * stage2.shape[3], 16)
+    assert model.local_head.shortcut.in_channels == stage2.shape[1]
+
+
+def test_local_stage_other_than_the_last_is_refused_for_a_vit():
+    with pytest.raises(ConfigError, match="method.local_stage"):
+        build("backbone=vit_tiny", "backbone.patch_size=4", "method.local_stage=2")

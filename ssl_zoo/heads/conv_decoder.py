@@ -18,17 +18,24 @@ from torch import Tensor
 from ssl_zoo.errors import ConfigError
 
 
-def feature_map(backbone: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
-    """``(map [B, C, h, w], pooled [B, C])`` of ``backbone`` on ``x`` [B, C_in, H, W].
+def feature_map(backbone: nn.Module, x: Tensor, stage: int = 4) -> tuple[Tensor, Tensor]:
+    """``(map [B, C, h, w], pooled [B, C'])`` of ``backbone`` on ``x`` [B, C_in, H, W].
 
-    torchvision ResNets: layer4's output and its global average (what ``backbone(x)`` returns); timm
-    ViTs: the patch tokens laid out on their grid and the model's own pooled head input.
+    torchvision ResNets: the output of residual stage ``stage`` (1-4; 4 is layer4, whose global average
+    is ``pooled``, what ``backbone(x)`` returns); timm ViTs: the patch tokens laid out on their grid and
+    the model's own pooled head input (``stage`` must be 4: the last block's tokens).
     """
     if hasattr(backbone, "layer4"):
         b = backbone
-        fmap = b.layer4(b.layer3(b.layer2(b.layer1(b.maxpool(b.relu(b.bn1(b.conv1(x))))))))
-        return fmap, torch.flatten(b.avgpool(fmap), 1)
+        if stage not in (1, 2, 3, 4):
+            raise ValueError(f"a ResNet has stages 1 to 4, got {stage}")
+        maps = [b.maxpool(b.relu(b.bn1(b.conv1(x))))]
+        for layer in (b.layer1, b.layer2, b.layer3, b.layer4):
+            maps.append(layer(maps[-1]))
+        return maps[stage], torch.flatten(b.avgpool(maps[-1]), 1)
     if hasattr(backbone, "forward_features") and hasattr(backbone, "patch_embed"):
+        if stage != 4:
+            raise ValueError(f"a ViT's feature map is its last block's tokens (stage 4), got stage {stage}")
         tokens = backbone.forward_features(x)
         pooled = backbone.forward_head(tokens, pre_logits=True)
         h, w = backbone.patch_embed.grid_size
@@ -39,12 +46,12 @@ def feature_map(backbone: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
 
 
 @torch.no_grad()
-def feature_map_shape(backbone: nn.Module, channels: int, image_size: int) -> tuple[int, int, int]:
+def feature_map_shape(backbone: nn.Module, channels: int, image_size: int, stage: int = 4) -> tuple[int, int, int]:
     """(C, h, w) of :func:`feature_map` for ``image_size`` px inputs, from one dry pass in eval mode
     (train-mode BatchNorm cannot normalise a single 1x1 map)."""
     was_training = backbone.training
     backbone.eval()
-    fmap, _ = feature_map(backbone, torch.zeros(1, channels, image_size, image_size))
+    fmap, _ = feature_map(backbone, torch.zeros(1, channels, image_size, image_size), stage)
     backbone.train(was_training)
     return tuple(fmap.shape[1:])
 
