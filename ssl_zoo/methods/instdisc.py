@@ -4,6 +4,7 @@
         v = normalize(W f(aug(x)))                          # one view, 128-d embedding
         # loss=nce (the paper): the bank row V[i] is the positive, m rows drawn uniformly the noise
         loss = nce(v · V[i] / T, v · V[noise] / T, log Z, n)   # Z estimated at the first step, then fixed
+                                                    # (normaliser_momentum < 1: a running mean)
         # loss=softmax: the non-parametric softmax over all n rows, cross_entropy(v · Vᵀ / T, i)
         loss += λ ||v - V[i]||²                             # proximal regularisation (eq. 7)
         V[i] ← normalize(0.5 V[i] + 0.5 v)                  # after the loss, with gathered v and i
