@@ -64,7 +64,8 @@ def test_a_resumed_run_keeps_its_bank_instead_of_refilling_it(in_tmp):
     assert torch.equal(seen.bank, saved["bank.bank"])  # the checkpoint's rows, not a fresh pass
 
 
-def test_a_filled_bank_with_nce_is_refused_in_one_line():
-    with pytest.raises(ConfigError, match="method.bank_init.*loss=nce") as err:
+def test_a_filled_bank_with_nces_fixed_normaliser_is_refused_in_one_line_and_a_running_one_accepted():
+    with pytest.raises(ConfigError, match="method.bank_init.*loss=nce.*normaliser_momentum") as err:
         validate_config(compose(tiny("instdisc", "method.bank_init=features")))
     assert "\n" not in str(err.value)
+    validate_config(compose(tiny("instdisc", "method.bank_init=features", "method.normaliser_momentum=0.9")))

@@ -14,11 +14,12 @@ momentum 0.9, wd 1e-4, batch 256, 200 epochs with lr x0.1 at 120 and 160; crop (
 0.2, colour jitter 0.4, flip (``augmentation=instdisc``). CIFAR-10 (the authors' code): T = 0.1,
 wd 5e-4, batch 128. Deviation: ``proximal_lambda`` is 0 by default, as the authors' released code, where
 the bank's momentum update is what smooths each entry's trajectory; set it to add the paper's explicit
-term. ``bank_init=features`` (with ``loss=softmax``) starts the bank from the encoder's embeddings of
-every training image (one pass before the first step) instead of random vectors, for short budgets: with
-random rows the first epoch's positives are noise (the default run's budget is two epochs). With NCE it is
-refused: Z, estimated once from a filled bank whose rows are all alike, is so large that no positive
-reaches it and the run collapses (measured on the default budget: kNN -24 points). Under data parallelism
+term. ``bank_init=features`` starts the bank from the encoder's embeddings of every training image (one pass
+before the first step) instead of random vectors, for short budgets: a row is refreshed once per epoch, so
+with random rows the first epoch's positives are noise (the default run's budget is two epochs). With NCE
+it needs ``normaliser_momentum`` below 1 (Z following the bank) and is refused otherwise: Z, estimated once
+from a filled bank whose rows are all alike, is so large that no positive reaches it and the run collapses
+(measured on the default budget: kNN -24 points). Under data parallelism
 every rank draws its own noise and the bank is updated with the gathered features and indices, so all
 ranks keep the same bank.
 """
@@ -63,10 +64,11 @@ class InstDiscConfig(MethodConfig):
               "a number in [0, 1]")
         check(self.proximal_lambda >= 0, f"{prefix}.proximal_lambda", self.proximal_lambda, "a number >= 0")
         check(self.bank_init in BANK_INITS, f"{prefix}.bank_init", self.bank_init, "one of: " + ", ".join(BANK_INITS))
-        check(self.bank_init == "random" or self.loss == "softmax", f"{prefix}.bank_init", self.bank_init,
-              "random with loss=nce (or loss=softmax with bank_init=features)",
-              "NCE's normaliser Z is estimated once, at the first step: from a filled bank, whose rows are all alike, "
-              "it is so large that no positive can reach it and the run collapses")
+        check(self.bank_init == "random" or self.loss == "softmax" or self.normaliser_momentum < 1,
+              f"{prefix}.bank_init", self.bank_init,
+              "random with loss=nce and a fixed normaliser (normaliser_momentum=1)",
+              "a Z estimated once from a filled bank, whose rows are all alike, is so large that no positive can reach "
+              "it and the run collapses: set method.normaliser_momentum below 1 (e.g. 0.9) to let Z follow the bank")
 
 
 class InstDisc(Method):
