@@ -1,6 +1,6 @@
-"""``method.bank_init=features``: InstDisc's memory bank (full-softmax variant) starts from the encoder's
-own embeddings of every training image, once per run (a resumed run keeps the bank it had); with NCE the
-option is refused."""
+"""``method.bank_init=features``: InstDisc's and PIRL's memory banks start from the encoder's own
+embeddings of every training image, once per run (a resumed run keeps the bank it had); with NCE's fixed
+normaliser the option is refused."""
 
 from __future__ import annotations
 
@@ -37,9 +37,10 @@ class FirstBatch(pl.Callback):
             self.expected = training_set_features(model.embed, trainer.datamodule, model.device)
 
 
-def test_the_bank_starts_from_the_encoders_embeddings_of_every_training_image(in_tmp):
+@pytest.mark.parametrize("method,extra", [("instdisc", SOFTMAX), ("pirl", ("method.normaliser_momentum=0.9", *QUIET))])
+def test_the_bank_starts_from_the_encoders_embeddings_of_every_training_image(in_tmp, method, extra):
     seen = FirstBatch()
-    train(compose(tiny("instdisc", "method.bank_init=features", "trainer.max_steps=1", *SOFTMAX)), in_tmp / "run",
+    train(compose(tiny(method, "method.bank_init=features", "trainer.max_steps=1", *extra)), in_tmp / "run",
           extra_callbacks=[seen])
     assert seen.filled and seen.bank.shape[0] == 48
     torch.testing.assert_close(seen.bank, F.normalize(seen.expected, dim=1), rtol=1e-5, atol=1e-6)
@@ -69,3 +70,5 @@ def test_a_filled_bank_with_nces_fixed_normaliser_is_refused_in_one_line_and_a_r
         validate_config(compose(tiny("instdisc", "method.bank_init=features")))
     assert "\n" not in str(err.value)
     validate_config(compose(tiny("instdisc", "method.bank_init=features", "method.normaliser_momentum=0.9")))
+    with pytest.raises(ConfigError, match="method.bank_init"):
+        validate_config(compose(tiny("pirl", "method.bank_init=features")))

@@ -26,9 +26,22 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ssl_zoo.distributed import gather_no_grad
+from ssl_zoo.errors import check
 from ssl_zoo.losses.contrastive import nce
 
 BANK_INITS = ("random", "features")  # the rows a fresh run starts from: random unit vectors, or embeddings
+
+
+def check_bank_init(prefix: str, bank_init: str, normaliser_momentum: float, uses_nce: bool = True) -> None:
+    """The one-line config check of ``bank_init`` for a method whose NCE (``uses_nce``) reads the bank: a filled
+    bank needs a normaliser that follows it (``normaliser_momentum`` < 1). Measured on the default budget
+    (BENCHMARKS.md): Z estimated once from a filled bank, whose rows are all alike, is so large that no
+    positive reaches it and the run collapses (InstDisc: kNN -24 points)."""
+    check(bank_init in BANK_INITS, f"{prefix}.bank_init", bank_init, "one of: " + ", ".join(BANK_INITS))
+    check(bank_init == "random" or not uses_nce or normaliser_momentum < 1, f"{prefix}.bank_init", bank_init,
+          "random with loss=nce and a fixed normaliser (normaliser_momentum=1)",
+          "a Z estimated once from a filled bank, whose rows are all alike, is so large that no positive can reach "
+          "it and the run collapses: set method.normaliser_momentum below 1 (e.g. 0.9) to let Z follow the bank")
 
 
 class MemoryBank(nn.Module):

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from ssl_zoo.distributed import gather_no_grad
 from ssl_zoo.errors import check
-from ssl_zoo.memory.bank import BANK_INITS, MemoryBank
+from ssl_zoo.memory.bank import MemoryBank, check_bank_init
 from ssl_zoo.methods._clustering import fill_from_training_set
 from ssl_zoo.methods.base import Method, MethodConfig, StepOutput
 
@@ -63,12 +63,7 @@ class InstDiscConfig(MethodConfig):
         check(0.0 <= self.normaliser_momentum <= 1.0, f"{prefix}.normaliser_momentum", self.normaliser_momentum,
               "a number in [0, 1]")
         check(self.proximal_lambda >= 0, f"{prefix}.proximal_lambda", self.proximal_lambda, "a number >= 0")
-        check(self.bank_init in BANK_INITS, f"{prefix}.bank_init", self.bank_init, "one of: " + ", ".join(BANK_INITS))
-        check(self.bank_init == "random" or self.loss == "softmax" or self.normaliser_momentum < 1,
-              f"{prefix}.bank_init", self.bank_init,
-              "random with loss=nce and a fixed normaliser (normaliser_momentum=1)",
-              "a Z estimated once from a filled bank, whose rows are all alike, is so large that no positive can reach "
-              "it and the run collapses: set method.normaliser_momentum below 1 (e.g. 0.9) to let Z follow the bank")
+        check_bank_init(prefix, self.bank_init, self.normaliser_momentum, uses_nce=self.loss == "nce")
 
 
 class InstDisc(Method):

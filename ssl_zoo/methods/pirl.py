@@ -20,6 +20,8 @@ momentum 0.9, wd 1e-4; 63.6% linear top-1. Ours: cells of image_size // 3 px and
 ``patch_fraction`` (64 / 85) of a cell, cut from the second augmented view of the image (the paper
 augments each patch on its own); one shared backbone encodes the image and the patches (a ViT sees
 its patches resized to the image size). Evaluation reads the backbone features of the image.
+``bank_init=features`` (with ``normaliser_momentum`` below 1, as InstDisc) fills the bank from the
+encoder's embeddings before the first step, for short budgets where each row is refreshed once an epoch.
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ import torch.nn.functional as F
 from ssl_zoo.distributed import gather_no_grad
 from ssl_zoo.errors import check
 from ssl_zoo.heads.jigsaw import PatchConcatHead
-from ssl_zoo.memory.bank import MemoryBank
+from ssl_zoo.memory.bank import MemoryBank, check_bank_init
+from ssl_zoo.methods._clustering import fill_from_training_set
 from ssl_zoo.methods.base import Method, MethodConfig, StepOutput
 
 GRID = 3  # the 3 x 3 jigsaw of Noroozi & Favaro (2016), as PIRL
@@ -73,6 +76,7 @@ class PIRLConfig(MethodConfig):
     normaliser_momentum: float = 1.0  # 1: NCE's Z fixed at the first step (the paper); < 1: a running mean
     loss_weight: float = 0.5  # λ: weight of the jigsaw term, 1 - λ that of the image term
     shared_noise: bool = False  # one draw of the m noise rows for the whole batch (MemoryBank.nce_loss)
+    bank_init: str = "random"  # or "features" (with normaliser_momentum < 1): the encoder's embeddings first
 
     def validate(self, prefix: str = "method") -> None:
         check(self.embed_dim >= 1, f"{prefix}.embed_dim", self.embed_dim, "an integer >= 1")
@@ -84,6 +88,7 @@ class PIRLConfig(MethodConfig):
         check(0.0 <= self.normaliser_momentum <= 1.0, f"{prefix}.normaliser_momentum", self.normaliser_momentum,
               "a number in [0, 1]")
         check(0.0 <= self.loss_weight <= 1.0, f"{prefix}.loss_weight", self.loss_weight, "a number in [0, 1]")
+        check_bank_init(prefix, self.bank_init, self.normaliser_momentum)
 
 
 class PIRL(Method):
@@ -101,6 +106,14 @@ class PIRL(Method):
         self.bank = MemoryBank(num_train, hp.embed_dim, hp.bank_momentum, num_normalisers=2,
                                normaliser_momentum=hp.normaliser_momentum)
 
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """The image's embedding v [N, E] (normalised): what the bank stores."""
+        return F.normalize(self.image_head(self.backbone(x)), dim=1)
+
+    def on_train_start(self) -> None:
+        if self.hp.bank_init == "features":
+            fill_from_training_set(self, self.embed, self.bank)
+
     def encode_patches(self, patches: torch.Tensor) -> torch.Tensor:
         """Backbone features [N, P, F] of patches [N, P, C, p, p]."""
         flat = patches.reshape(-1, *patches.shape[2:])
@@ -116,7 +129,7 @@ class PIRL(Method):
     def step(self, views, index) -> StepOutput:
         image, puzzle = views[0], views[1]
         h = self.backbone(image)
-        v = F.normalize(self.image_head(h), dim=1)
+        v = F.normalize(self.image_head(h), dim=1)                                      # embed(image), keeping h
         patches = shuffle_patches(jigsaw_patches(puzzle, GRID, self.patch))
         vt = F.normalize(self.jigsaw_head(self.encode_patches(patches)), dim=1)
         loss_jigsaw, loss_image = self.contrast(vt, index, 0), self.contrast(v, index, 1)
