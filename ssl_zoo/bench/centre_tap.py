@@ -1,0 +1,59 @@
+"""The centre-tap convolutions (ssl_zoo/backbones/centre_tap.py) against torch's own, for one ResNet-18
+forward and backward at 32 px with the ImageNet stem, where layer4's maps are 1 x 1 and three of its four
+3x3 convolutions read only their centre weight. ``python -m ssl_zoo.bench.centre_tap [batch] [rounds]``.
+
+Both encoders hold the same weights (1-channel stem, channels_last); fp32, and bf16 autocast when the CPU
+has native bf16 units; one warm-up step per variant, then the variants alternated, medians printed.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+
+import torch
+import torchvision
+
+from ssl_zoo.backbones.centre_tap import use_centre_tap_on_one_pixel_maps
+from ssl_zoo.precision import cpu_has_native_bf16
+
+
+def measure(batch: int = 256, rounds: int = 5) -> dict[str, float]:
+    torch.manual_seed(0)
+    plain = torchvision.models.resnet18(num_classes=10)
+    plain.conv1 = torch.nn.Conv2d(1, 64, 7, 2, 3, bias=False)
+    tapped = torchvision.models.resnet18(num_classes=10)
+    tapped.conv1 = torch.nn.Conv2d(1, 64, 7, 2, 3, bias=False)
+    tapped.load_state_dict(plain.state_dict())
+    models = {"torch": plain.to(memory_format=torch.channels_last),
+              "centre tap": use_centre_tap_on_one_pixel_maps(tapped).to(memory_format=torch.channels_last)}
+    x = torch.randn(batch, 1, 32, 32).contiguous(memory_format=torch.channels_last)
+    precisions = [False, True] if cpu_has_native_bf16() else [False]
+
+    def step(model: torch.nn.Module, bf16: bool) -> float:
+        start = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = model(x).float().logsumexp(1).mean()
+        loss.backward()
+        model.zero_grad(set_to_none=True)
+        return time.perf_counter() - start
+
+    variants = [(name, bf16) for bf16 in precisions for name in models]
+    times: dict[tuple[str, bool], list[float]] = {v: [] for v in variants}
+    for name, bf16 in variants:
+        step(models[name], bf16)
+    for _ in range(rounds):
+        for name, bf16 in variants:
+            times[(name, bf16)].append(step(models[name], bf16))
+    return {f"{name} {'bf16' if bf16 else 'fp32'}": batch / statistics.median(t) for (name, bf16), t in times.items()}
+
+
+if __name__ == "__main__":
+    rates = measure(*(int(a) for a in sys.argv[1:3]))
+    for name, rate in rates.items():
+        print(f"{name}: {rate:.1f} img/s")
+    for precision in ("fp32", "bf16"):
+        if f"torch {precision}" in rates:
+            ratio = rates[f"centre tap {precision}"] / rates[f"torch {precision}"]
+            print(f"centre tap / torch, {precision}: {ratio:.2f}")
