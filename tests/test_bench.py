@@ -201,3 +201,11 @@ def test_centre_tap_benchmark_times_both_encoders_at_each_precision(monkeypatch)
     rates = centre_tap.measure(batch=4, rounds=1)
     assert set(rates) == {"torch fp32", "centre tap fp32", "torch bf16", "centre tap bf16"}
     assert all(rate > 0 for rate in rates.values())
+
+
+def test_sinkhorn_benchmark_times_both_domains_and_they_agree():
+    from ssl_zoo.bench import sinkhorn
+
+    result = sinkhorn.measure(rows=64, rounds=1, prototypes=30)
+    assert result["exp domain"] > 0 and result["log domain"] > 0
+    assert result["max difference"] < 1e-5

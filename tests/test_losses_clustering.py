@@ -131,6 +131,45 @@ def test_sinkhorn_on_two_ranks_equals_the_full_batch(with_all_max):
     torch.testing.assert_close(torch.cat(parts), full, rtol=1e-10, atol=1e-12)
 
 
+def _one_far_sample(seed: int) -> torch.Tensor:
+    """Scores where sample 0 lies 10 below every prototype's best: 200 at ε = 0.05, past float32's exp
+    range (the fast path would leave its column at zero) but inside float64's."""
+    scores = _scores(seed, b=10, scale=0.5)
+    scores[0] -= 10.0
+    return scores
+
+
+def test_sinkhorn_falls_back_to_the_log_domain_where_a_column_underflows():
+    scores = _one_far_sample(8)
+    exact = sinkhorn(scores, epsilon=0.05, iterations=3)  # float64: no underflow, the fast path
+    codes = sinkhorn(scores.float(), epsilon=0.05, iterations=3)
+    assert torch.isfinite(codes).all()
+    torch.testing.assert_close(codes.double(), exact, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(codes.sum(dim=1), torch.ones(10))
+
+
+def test_sinkhorn_ranks_agree_on_the_log_domain_when_one_rank_underflows():
+    # Only rank 0 holds the far sample: both ranks must take the same path, or their collectives
+    # would not pair up (a hang, here a barrier timeout).
+    scores = _one_far_sample(9).float()
+    full = sinkhorn(scores, epsilon=0.05, iterations=3)
+    group = FakeProcessGroup(2)
+
+    def on_rank(rank: int, local: torch.Tensor) -> torch.Tensor:
+        return sinkhorn(local, epsilon=0.05, iterations=3,
+                        all_reduce=group.collective(rank, lambda s: s.sum(dim=0)),
+                        all_max=group.collective(rank, lambda s: s.max(dim=0).values))
+
+    parts = group.run(on_rank, [scores[:4], scores[4:]])
+    torch.testing.assert_close(torch.cat(parts), full, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_sinkhorn_log_domain_loop_gives_the_same_codes(dtype):
+    scores = _scores(10, scale=0.5).to(dtype)
+    torch.testing.assert_close(sinkhorn(scores, 0.05, 3, log_domain=True), sinkhorn(scores, 0.05, 3))
+
+
 def test_sinkhorn_rejects_bad_arguments():
     with pytest.raises(ValueError):
         sinkhorn(torch.zeros(B))

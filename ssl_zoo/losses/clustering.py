@@ -33,7 +33,7 @@ def _logsumexp_over_samples(logq: Tensor, all_reduce: Reduce | None, all_max: Re
 
 @torch.no_grad()
 def sinkhorn(scores: Tensor, epsilon: float = 0.05, iterations: int = 3, all_reduce: Reduce | None = None,
-             all_max: Reduce | None = None) -> Tensor:
+             all_max: Reduce | None = None, log_domain: bool = False) -> Tensor:
     """SwAV's Sinkhorn-Knopp codes (Caron et al. 2020, sec. 3.1 and appendix A.1).
 
     ``scores``: [B, K] prototype scores of this rank's samples. Returns codes [B, K] without gradient:
@@ -45,7 +45,9 @@ def sinkhorn(scores: Tensor, epsilon: float = 0.05, iterations: int = 3, all_red
     its sum and by B_global; finally Q·B_global. Here the same iteration runs in the log domain: the
     scalar factors (total, 1/K, 1/B_global) cancel in the next normalisation and the final ·B_global
     makes each column sum to 1, so the result equals the reference's, while exp never sees
-    scores/ε unshifted (stable for large scores and small ε, where the reference overflows).
+    scores/ε unshifted (stable for large scores and small ε, where the reference overflows). After the
+    first step the loop runs in the exp domain unless a sample's column would underflow (or
+    ``log_domain`` asks for every step in the log domain, ~3x slower on a CPU at B=4096, K=3000).
 
     Across ranks, pass ``all_reduce`` (sum over ranks, e.g. ``dist.all_reduce`` wrapped to return its
     input) and preferably ``all_max`` (element-wise max over ranks); every rank must call this with the
@@ -67,7 +69,26 @@ def sinkhorn(scores: Tensor, epsilon: float = 0.05, iterations: int = 3, all_red
     n_global = None
     if all_reduce is not None and all_max is None:
         n_global = all_reduce(torch.tensor(float(logq.shape[1]), dtype=dtype, device=logq.device))
-    for _ in range(iterations):
+    # The first row normalisation in the log domain: afterwards every entry is <= 1, so one exp cannot
+    # overflow, and the remaining steps are sums and divisions (the reference's own loop, ~3x faster on a
+    # CPU than a logsumexp per step). A sample whose every score lies ~87 (float32) below each prototype's
+    # best would underflow to a zero column: then, on every rank alike, the whole loop runs in the log
+    # domain instead.
+    log_rows = logq - _logsumexp_over_samples(logq, all_reduce, all_max, n_global)
+    if not log_domain:
+        q = log_rows.exp()
+        columns = q.sum(dim=0, keepdim=True)
+        underflow = (columns.min() <= torch.finfo(dtype).tiny / torch.finfo(dtype).eps).to(dtype)
+        log_domain = bool(underflow if all_reduce is None else all_reduce(underflow))
+    if not log_domain:
+        q.div_(columns)  # in place: q is this function's own; the divisions are most of the time left
+        for _ in range(iterations - 1):
+            rows = q.sum(dim=1, keepdim=True)
+            q.div_(rows if all_reduce is None else all_reduce(rows))
+            q.div_(q.sum(dim=0, keepdim=True))
+        return q.t().to(scores.dtype)
+    logq = log_rows - torch.logsumexp(log_rows, dim=0, keepdim=True)
+    for _ in range(iterations - 1):
         # Each prototype's total mass equal (the 1/K factor cancels in the next step).
         logq = logq - _logsumexp_over_samples(logq, all_reduce, all_max, n_global)
         # Each sample's code sums to 1 (the reference's 1/B_global, undone by its final ·B_global).

@@ -1,0 +1,44 @@
+"""SwAV's Sinkhorn-Knopp codes: the exp-domain loop of ``ssl_zoo.losses.sinkhorn`` against the same
+iterations in the log domain (``log_domain=True``, a logsumexp per step), at the size a queue gives on
+one device: the batch plus SwAV's small-batch queue of 3840 embeddings (B = 4096), 3000 prototypes,
+ε = 0.05, 3 iterations, float32 cosine scores. ``python -m ssl_zoo.bench.sinkhorn [rows] [rounds]``.
+
+One warm-up call per variant, then the variants alternated, medians printed.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+from ssl_zoo.losses import sinkhorn
+
+
+def measure(rows: int = 4096, rounds: int = 7, prototypes: int = 3000) -> dict[str, float]:
+    """Median seconds per call of each variant, and their largest difference in a code."""
+    g = torch.Generator().manual_seed(0)
+    scores = F.normalize(torch.randn(rows, 128, generator=g), dim=1) @ F.normalize(
+        torch.randn(prototypes, 128, generator=g), dim=1).t()
+    variants = {"exp domain": False, "log domain": True}
+    codes = {name: sinkhorn(scores, 0.05, 3, log_domain=log) for name, log in variants.items()}
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(rounds):
+        for name, log in variants.items():
+            start = time.perf_counter()
+            sinkhorn(scores, 0.05, 3, log_domain=log)
+            times[name].append(time.perf_counter() - start)
+    result = {name: statistics.median(t) for name, t in times.items()}
+    result["max difference"] = float((codes["exp domain"] - codes["log domain"]).abs().max())
+    return result
+
+
+if __name__ == "__main__":
+    result = measure(*(int(a) for a in sys.argv[1:3]))
+    for name in ("exp domain", "log domain"):
+        print(f"{name}: {1000 * result[name]:.1f} ms per call")
+    print(f"log / exp domain: {result['log domain'] / result['exp domain']:.2f}x; "
+          f"largest difference in a code: {result['max difference']:.1e}")
