@@ -209,3 +209,14 @@ def test_sinkhorn_benchmark_times_both_domains_and_they_agree():
     result = sinkhorn.measure(rows=64, rounds=1, prototypes=30)
     assert result["exp domain"] > 0 and result["log domain"] > 0
     assert result["max difference"] < 1e-5
+
+
+def test_time_alternated_warms_each_call_up_then_alternates_them():
+    from ssl_zoo.bench.measure import time_alternated
+
+    order: list[str] = []
+    seconds = time_alternated({"a": lambda: order.append("a"), "b": lambda: order.append("b")}, rounds=2)
+    assert order == ["a", "b"] * 3 and set(seconds) == {"a", "b"}
+    order.clear()
+    time_alternated({"a": lambda: order.append("a")}, rounds=2, warmup=False)
+    assert order == ["a", "a"]

@@ -8,14 +8,13 @@ has native bf16 units; one warm-up step per variant, then the variants alternate
 
 from __future__ import annotations
 
-import statistics
 import sys
-import time
 
 import torch
 import torchvision
 
 from ssl_zoo.backbones.centre_tap import use_centre_tap_on_one_pixel_maps
+from ssl_zoo.bench.measure import time_alternated
 from ssl_zoo.precision import cpu_has_native_bf16
 
 
@@ -31,22 +30,15 @@ def measure(batch: int = 256, rounds: int = 5) -> dict[str, float]:
     x = torch.randn(batch, 1, 32, 32).contiguous(memory_format=torch.channels_last)
     precisions = [False, True] if cpu_has_native_bf16() else [False]
 
-    def step(model: torch.nn.Module, bf16: bool) -> float:
-        start = time.perf_counter()
+    def step(model: torch.nn.Module, bf16: bool) -> None:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             loss = model(x).float().logsumexp(1).mean()
         loss.backward()
         model.zero_grad(set_to_none=True)
-        return time.perf_counter() - start
 
-    variants = [(name, bf16) for bf16 in precisions for name in models]
-    times: dict[tuple[str, bool], list[float]] = {v: [] for v in variants}
-    for name, bf16 in variants:
-        step(models[name], bf16)
-    for _ in range(rounds):
-        for name, bf16 in variants:
-            times[(name, bf16)].append(step(models[name], bf16))
-    return {f"{name} {'bf16' if bf16 else 'fp32'}": batch / statistics.median(t) for (name, bf16), t in times.items()}
+    calls = {f"{name} {'bf16' if bf16 else 'fp32'}": (lambda m=model, b=bf16: step(m, b))
+             for bf16 in precisions for name, model in models.items()}
+    return {name: batch / s for name, s in time_alternated(calls, rounds).items()}
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -152,6 +153,21 @@ class SideResult:
 def median(values: list[float]) -> float:
     """The median; NaN for no values (a row that measured nothing shows as such, never as 0)."""
     return statistics.median(values) if values else float("nan")
+
+
+def time_alternated(calls: dict[str, Callable[[], object]], rounds: int, warmup: bool = True) -> dict[str, float]:
+    """Median seconds of each call: one warm-up call each (unless the caller warmed them up), then
+    ``rounds`` rounds calling each in turn, so that a shared machine's load falls on all alike."""
+    if warmup:
+        for call in calls.values():
+            call()
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(rounds):
+        for name, call in calls.items():
+            start = time.perf_counter()
+            call()
+            times[name].append(time.perf_counter() - start)
+    return {name: median(t) for name, t in times.items()}
 
 
 def wait_fraction(waits: list[float], steps: list[float]) -> float:

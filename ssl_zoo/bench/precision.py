@@ -7,12 +7,12 @@ timed step; one warm-up step per precision, then the two precisions alternated, 
 
 from __future__ import annotations
 
-import statistics
 import sys
-import time
 
 import torch
 import torchvision
+
+from ssl_zoo.bench.measure import time_alternated
 
 
 def measure(batch: int = 128, rounds: int = 3) -> dict[str, float]:
@@ -23,22 +23,15 @@ def measure(batch: int = 128, rounds: int = 3) -> dict[str, float]:
     x = torch.randn(batch, 1, 32, 32).contiguous(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
 
-    def step(bf16: bool) -> float:
-        start = time.perf_counter()
+    def step(bf16: bool) -> None:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             loss = model(x).float().logsumexp(1).mean()
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
-        return time.perf_counter() - start
 
-    times: dict[bool, list[float]] = {False: [], True: []}
-    for bf16 in times:
-        step(bf16)
-    for _ in range(rounds):
-        for bf16 in times:
-            times[bf16].append(step(bf16))
-    return {("bf16" if bf16 else "fp32"): batch / statistics.median(t) for bf16, t in times.items()}
+    seconds = time_alternated({"fp32": lambda: step(False), "bf16": lambda: step(True)}, rounds)
+    return {name: batch / s for name, s in seconds.items()}
 
 
 if __name__ == "__main__":

@@ -8,13 +8,12 @@ One warm-up call per variant, then the variants alternated, medians printed.
 
 from __future__ import annotations
 
-import statistics
 import sys
-import time
 
 import torch
 import torch.nn.functional as F
 
+from ssl_zoo.bench.measure import time_alternated
 from ssl_zoo.losses import sinkhorn
 
 
@@ -24,14 +23,9 @@ def measure(rows: int = 4096, rounds: int = 7, prototypes: int = 3000) -> dict[s
     scores = F.normalize(torch.randn(rows, 128, generator=g), dim=1) @ F.normalize(
         torch.randn(prototypes, 128, generator=g), dim=1).t()
     variants = {"exp domain": False, "log domain": True}
-    codes = {name: sinkhorn(scores, 0.05, 3, log_domain=log) for name, log in variants.items()}
-    times: dict[str, list[float]] = {name: [] for name in variants}
-    for _ in range(rounds):
-        for name, log in variants.items():
-            start = time.perf_counter()
-            sinkhorn(scores, 0.05, 3, log_domain=log)
-            times[name].append(time.perf_counter() - start)
-    result = {name: statistics.median(t) for name, t in times.items()}
+    codes = {name: sinkhorn(scores, 0.05, 3, log_domain=log) for name, log in variants.items()}  # warm-up too
+    result = time_alternated({name: (lambda log=log: sinkhorn(scores, 0.05, 3, log_domain=log))
+                              for name, log in variants.items()}, rounds, warmup=False)
     result["max difference"] = float((codes["exp domain"] - codes["log domain"]).abs().max())
     return result
 
