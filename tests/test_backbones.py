@@ -58,33 +58,60 @@ def test_mlp_shapes_and_bn_layout():
     assert [type(m).__name__ for m in no_bn.net] == ["Linear", "ReLU", "Linear"]
 
 
+@pytest.mark.parametrize("size", [1, 2])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_a_stride_2_conv_of_a_one_pixel_map_gives_the_float32_convolutions_weight_gradient(dtype):
+def test_a_stride_2_conv_of_a_small_map_gives_the_float32_convolutions_weight_gradient(dtype, size):
     # ResNet layer3's first conv (128 -> 256, 3x3, stride 2) on 1 x 1 maps, batch 256: with bf16 autocast
     # on the CPU, torch's own convolution returned a weight gradient of ~1e36 here.
-    from ssl_zoo.backbones.centre_tap import CentreTapConv2d, use_centre_tap_on_one_pixel_maps
+    from ssl_zoo.backbones.small_maps import SmallMapConv2d, use_matmul_on_small_maps
 
     torch.manual_seed(0)
     reference = torch.nn.Conv2d(128, 256, 3, stride=2, padding=1, bias=False)
-    conv = use_centre_tap_on_one_pixel_maps(torch.nn.Sequential(torch.nn.Conv2d(128, 256, 3, 2, 1, bias=False)))[0]
-    assert type(conv) is CentreTapConv2d
+    conv = use_matmul_on_small_maps(torch.nn.Sequential(torch.nn.Conv2d(128, 256, 3, 2, 1, bias=False)))[0]
+    assert type(conv) is SmallMapConv2d
     conv.load_state_dict(reference.state_dict())
-    x, g = torch.randn(256, 128, 1, 1), torch.randn(256, 256, 1, 1)
+    x, g = torch.randn(256, 128, size, size), torch.randn(256, 256, 1, 1)
     expected = torch.autograd.grad((reference(x) * g).sum(), reference.weight)[0]
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
         y = conv(x)
     got = torch.autograd.grad((y.float() * g).sum(), conv.weight)[0]
     assert y.shape == (256, 256, 1, 1)
     torch.testing.assert_close(got, expected, rtol=0.02, atol=0.02 * expected.abs().max().item())
-    larger = torch.randn(4, 128, 5, 5)  # any larger map goes through the ordinary convolution
-    torch.testing.assert_close(conv(larger), reference(larger))
 
 
-def test_resnet_convolutions_with_same_padding_take_the_centre_tap_form_and_keep_their_state_dict_keys():
-    from ssl_zoo.backbones.centre_tap import CentreTapConv2d
+@pytest.mark.parametrize("shape", [  # (C_in, C_out, kernel, stride, padding, H, W)
+    (6, 10, 3, 1, 1, 2, 2), (6, 10, 3, 2, 1, 2, 2), (6, 10, 3, 2, 1, 1, 1), (6, 10, 7, 2, 3, 2, 2),
+    (6, 10, 5, 1, 2, 1, 3), (6, 10, 2, 1, 0, 2, 2), (6, 10, 3, 1, 3, 1, 2), (6, 10, 3, 1, 1, 3, 3),
+    (6, 10, 3, 2, 1, 5, 4)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_small_map_convolutions_match_torchs_output_and_gradients_in_float64(shape, channels_last):
+    from ssl_zoo.backbones.small_maps import use_matmul_on_small_maps
+
+    c_in, c_out, k, s, p, h, w = shape
+    torch.manual_seed(0)
+    reference = torch.nn.Conv2d(c_in, c_out, k, s, p).double()
+    conv = use_matmul_on_small_maps(torch.nn.Sequential(torch.nn.Conv2d(c_in, c_out, k, s, p).double()))[0]
+    conv.load_state_dict(reference.state_dict())
+    x = torch.randn(3, c_in, h, w, dtype=torch.float64)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+    y1, y2 = reference(x1), conv(x2)
+    assert y2.shape == y1.shape
+    torch.testing.assert_close(y2, y1)
+    g = torch.randn_like(y1)
+    grads1 = torch.autograd.grad((y1 * g).sum(), [x1, reference.weight, reference.bias])
+    grads2 = torch.autograd.grad((y2 * g).sum(), [x2, conv.weight, conv.bias])
+    for a, b in zip(grads2, grads1):
+        torch.testing.assert_close(a, b)
+
+
+def test_resnet_convolutions_take_the_small_map_form_and_keep_their_state_dict_keys():
+    from ssl_zoo.backbones.small_maps import SmallMapConv2d
 
     model, _ = build_backbone(cfg(cifar_stem=False), image_size=32)
     plain, _ = build_backbone(cfg(cifar_stem=False), image_size=32)
-    assert type(model.layer4[0].conv1) is CentreTapConv2d and type(model.conv1) is CentreTapConv2d  # 7x7, p=3
+    assert type(model.layer4[0].conv1) is SmallMapConv2d and type(model.conv1) is SmallMapConv2d  # 7x7, p=3
+    assert type(model.layer3[1].conv2) is SmallMapConv2d
     assert type(model.layer4[0].downsample[0]) is torch.nn.Conv2d  # 1x1: nothing to do
     assert model.state_dict().keys() == plain.state_dict().keys()

@@ -194,12 +194,12 @@ def test_memory_bench_extrapolates_each_kind_from_its_own_largest_measured_batch
     assert predicted_step_mib(rows, 4096, 128) is None  # never measured: run it
 
 
-def test_centre_tap_benchmark_times_both_encoders_at_each_precision(monkeypatch):
-    from ssl_zoo.bench import centre_tap
+def test_small_maps_benchmark_times_both_encoders_at_each_precision(monkeypatch):
+    from ssl_zoo.bench import small_maps
 
-    monkeypatch.setattr(centre_tap, "cpu_has_native_bf16", lambda: True)
-    rates = centre_tap.measure(batch=4, rounds=1)
-    assert set(rates) == {"torch fp32", "centre tap fp32", "torch bf16", "centre tap bf16"}
+    monkeypatch.setattr(small_maps, "cpu_has_native_bf16", lambda: True)
+    rates = small_maps.measure(batch=4, rounds=1)
+    assert set(rates) == {"torch fp32", "small maps fp32", "torch bf16", "small maps bf16"}
     assert all(rate > 0 for rate in rates.values())
 
 

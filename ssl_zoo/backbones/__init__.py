@@ -10,8 +10,8 @@ import torch.nn as nn
 import torchvision
 from omegaconf import DictConfig, OmegaConf
 
-from ssl_zoo.backbones.centre_tap import use_centre_tap_on_one_pixel_maps
 from ssl_zoo.backbones.config import RESNETS, VITS, BackboneConfig
+from ssl_zoo.backbones.small_maps import use_matmul_on_small_maps
 from ssl_zoo.errors import ConfigError, check
 
 __all__ = ["BackboneConfig", "build_backbone", "uses_cifar_stem"]
@@ -31,7 +31,7 @@ def _resnet(cfg: BackboneConfig, image_size: int, in_chans: int) -> tuple[nn.Mod
         model.conv1 = nn.Conv2d(in_chans, 64, kernel_size=7, stride=2, padding=3, bias=False)
     feature_dim = model.fc.in_features
     model.fc = nn.Identity()
-    return use_centre_tap_on_one_pixel_maps(model), feature_dim
+    return use_matmul_on_small_maps(model), feature_dim
 
 
 def _timm(model_name: str, cfg: BackboneConfig, image_size: int, in_chans: int, vit: bool) -> tuple[nn.Module, int]:

@@ -1,6 +1,7 @@
-"""The centre-tap convolutions (ssl_zoo/backbones/centre_tap.py) against torch's own, for one ResNet-18
-forward and backward at 32 px with the ImageNet stem, where layer4's maps are 1 x 1 and three of its four
-3x3 convolutions read only their centre weight. ``python -m ssl_zoo.bench.centre_tap [batch] [rounds]``.
+"""The small-map convolutions (ssl_zoo/backbones/small_maps.py) against torch's own, for one ResNet-18
+forward and backward at 32 px with the ImageNet stem, where layer3's maps are 2 x 2 and layer4's 1 x 1:
+seven of the network's 3x3 convolutions run as one matrix product over the whole map.
+``python -m ssl_zoo.bench.small_maps [batch] [rounds]``.
 
 Both encoders hold the same weights (1-channel stem, channels_last); fp32, and bf16 autocast when the CPU
 has native bf16 units; one warm-up step per variant, then the variants alternated, medians printed.
@@ -13,7 +14,7 @@ import sys
 import torch
 import torchvision
 
-from ssl_zoo.backbones.centre_tap import use_centre_tap_on_one_pixel_maps
+from ssl_zoo.backbones.small_maps import use_matmul_on_small_maps
 from ssl_zoo.bench.measure import time_alternated
 from ssl_zoo.precision import cpu_has_native_bf16
 
@@ -22,11 +23,11 @@ def measure(batch: int = 256, rounds: int = 5) -> dict[str, float]:
     torch.manual_seed(0)
     plain = torchvision.models.resnet18(num_classes=10)
     plain.conv1 = torch.nn.Conv2d(1, 64, 7, 2, 3, bias=False)
-    tapped = torchvision.models.resnet18(num_classes=10)
-    tapped.conv1 = torch.nn.Conv2d(1, 64, 7, 2, 3, bias=False)
-    tapped.load_state_dict(plain.state_dict())
+    dense = torchvision.models.resnet18(num_classes=10)
+    dense.conv1 = torch.nn.Conv2d(1, 64, 7, 2, 3, bias=False)
+    dense.load_state_dict(plain.state_dict())
     models = {"torch": plain.to(memory_format=torch.channels_last),
-              "centre tap": use_centre_tap_on_one_pixel_maps(tapped).to(memory_format=torch.channels_last)}
+              "small maps": use_matmul_on_small_maps(dense).to(memory_format=torch.channels_last)}
     x = torch.randn(batch, 1, 32, 32).contiguous(memory_format=torch.channels_last)
     precisions = [False, True] if cpu_has_native_bf16() else [False]
 
@@ -47,5 +48,5 @@ if __name__ == "__main__":
         print(f"{name}: {rate:.1f} img/s")
     for precision in ("fp32", "bf16"):
         if f"torch {precision}" in rates:
-            ratio = rates[f"centre tap {precision}"] / rates[f"torch {precision}"]
-            print(f"centre tap / torch, {precision}: {ratio:.2f}")
+            ratio = rates[f"small maps {precision}"] / rates[f"torch {precision}"]
+            print(f"small maps / torch, {precision}: {ratio:.2f}")
