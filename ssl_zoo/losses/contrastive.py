@@ -93,17 +93,17 @@ def info_nce(query: Tensor, key: Tensor, queue: Tensor | None = None, temperatur
     if query.shape != key.shape:
         raise ValueError(f"query and key must have the same shape, got {tuple(query.shape)} "
                          f"and {tuple(key.shape)}")
-    q = F.normalize(query, dim=1)
+    q = F.normalize(query, dim=1) / temperature  # 1/T on the [N, D] queries, not on the [N, 1 + K] logits
     k = F.normalize(key, dim=1)
     n = q.shape[0]
     if queue is None:
-        logits = q @ k.T / temperature                                       # [N, N]
+        logits = q @ k.T                                                     # [N, N]
         targets = torch.arange(n, device=q.device)
     else:
         _check_rows(queue, "queue", q.shape[1])
         negatives = F.normalize(queue.to(q.dtype), dim=1)
         positive = (q * k).sum(dim=1, keepdim=True)                          # [N, 1]
-        logits = torch.cat([positive, q @ negatives.T], dim=1) / temperature  # [N, 1 + K]
+        logits = torch.cat([positive, q @ negatives.T], dim=1)               # [N, 1 + K]
         targets = torch.zeros(n, dtype=torch.long, device=q.device)
     return F.cross_entropy(logits, targets)
 
