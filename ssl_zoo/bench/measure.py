@@ -155,6 +155,17 @@ def median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
+def grey_resnet18(batch: int) -> tuple[torch.nn.Module, torch.Tensor]:
+    """The micro-benchmarks' encoder and input: torchvision's ResNet-18 with a 1-channel ImageNet stem in
+    channels_last, and a random batch of 1 x 32 x 32 images (Fashion-MNIST's shape at the default size)."""
+    import torchvision  # imported here: only the micro-benchmarks need it
+
+    model = torchvision.models.resnet18(num_classes=10)
+    model.conv1 = torch.nn.Conv2d(1, 64, 7, 2, 3, bias=False)
+    x = torch.randn(batch, 1, 32, 32).contiguous(memory_format=torch.channels_last)
+    return model.to(memory_format=torch.channels_last), x
+
+
 def time_alternated(calls: dict[str, Callable[[], object]], rounds: int, warmup: bool = True) -> dict[str, float]:
     """Median seconds of each call: one warm-up call each (unless the caller warmed them up), then
     ``rounds`` rounds calling each in turn, so that a shared machine's load falls on all alike."""

@@ -10,17 +10,13 @@ from __future__ import annotations
 import sys
 
 import torch
-import torchvision
 
-from ssl_zoo.bench.measure import time_alternated
+from ssl_zoo.bench.measure import grey_resnet18, time_alternated
 
 
 def measure(batch: int = 128, rounds: int = 3) -> dict[str, float]:
     torch.manual_seed(0)
-    model = torchvision.models.resnet18(num_classes=10)
-    model.conv1 = torch.nn.Conv2d(1, 64, 7, 2, 3, bias=False)
-    model = model.to(memory_format=torch.channels_last)
-    x = torch.randn(batch, 1, 32, 32).contiguous(memory_format=torch.channels_last)
+    model, x = grey_resnet18(batch)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
 
     def step(bf16: bool) -> None:

@@ -9,26 +9,20 @@ has native bf16 units; one warm-up step per variant, then the variants alternate
 
 from __future__ import annotations
 
+import copy
 import sys
 
 import torch
-import torchvision
 
 from ssl_zoo.backbones.small_maps import use_matmul_on_small_maps
-from ssl_zoo.bench.measure import time_alternated
+from ssl_zoo.bench.measure import grey_resnet18, time_alternated
 from ssl_zoo.precision import cpu_has_native_bf16
 
 
 def measure(batch: int = 256, rounds: int = 5) -> dict[str, float]:
     torch.manual_seed(0)
-    plain = torchvision.models.resnet18(num_classes=10)
-    plain.conv1 = torch.nn.Conv2d(1, 64, 7, 2, 3, bias=False)
-    dense = torchvision.models.resnet18(num_classes=10)
-    dense.conv1 = torch.nn.Conv2d(1, 64, 7, 2, 3, bias=False)
-    dense.load_state_dict(plain.state_dict())
-    models = {"torch": plain.to(memory_format=torch.channels_last),
-              "small maps": use_matmul_on_small_maps(dense).to(memory_format=torch.channels_last)}
-    x = torch.randn(batch, 1, 32, 32).contiguous(memory_format=torch.channels_last)
+    plain, x = grey_resnet18(batch)
+    models = {"torch": plain, "small maps": use_matmul_on_small_maps(copy.deepcopy(plain))}  # same weights
     precisions = [False, True] if cpu_has_native_bf16() else [False]
 
     def step(model: torch.nn.Module, bf16: bool) -> None:
