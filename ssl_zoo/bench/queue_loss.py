@@ -48,7 +48,7 @@ def measure(batch: int = 256, queue_size: int = 65536, rounds: int = 5) -> dict[
         for name, fn in variants.items():
             grad = call(fn, bf16).double()
             result[f"{name} {precision} error"] = float((grad - reference).abs().max() / reference.abs().max())
-        seconds = time_alternated({name: (lambda fn=fn: call(fn, bf16)) for name, fn in variants.items()},
+        seconds = time_alternated({name: (lambda fn=fn, bf16=bf16: call(fn, bf16)) for name, fn in variants.items()},
                                   rounds, warmup=False)
         result.update({f"{name} {precision}": s for name, s in seconds.items()})
     return result

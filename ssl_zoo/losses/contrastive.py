@@ -109,9 +109,10 @@ class _PositiveFirstCrossEntropy(torch.autograd.Function):
     ``q`` (already divided by T), ``k``: [N, D]; ``negatives``: [K, D]. The plain form concatenates the
     positive to the [N, K] products, up-casts them for the softmax, stores the log-softmax and, in the
     backward pass, builds a zero-filled gradient of the same size and the softmax from it: a chain of
-    passes over N·(1 + K) floats around the two products. Here the products are overwritten in place by exp(l - max l), their row sums taken in
-    float32, and the backward pass is the product of those stored exponentials with the negatives, scaled
-    per row: no element-wise pass over [N, K] at all. Measured by ``python -m ssl_zoo.bench.queue_loss``.
+    passes over N·(1 + K) floats around the two products. Here the products are overwritten in place by
+    exp(l - max l), their row sums taken in float32, and the backward pass is the product of those stored
+    exponentials with the negatives, scaled per row: no element-wise pass over [N, K] in the backward
+    pass at all. Measured by ``python -m ssl_zoo.bench.queue_loss``.
 
     The products run in the autocast dtype when autocast is on (as the plain form's ``@`` would), the
     positive, the normalisers and the small gradient terms in float32 (or float64 for float64 inputs).
