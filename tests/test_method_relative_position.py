@@ -76,3 +76,13 @@ def test_step_classifies_pairs_and_the_probe_reads_the_whole_view():
     model = build("method.all_neighbours=false", "method.chromatic=drop")
     out = model.step([torch.randn(4, 3, 16, 16)], torch.arange(4))
     assert out.loss.ndim == 0 and out.features.shape == (4, model.feature_dim) and "position_acc" in out.logs
+
+
+def test_patch_resize_feeds_the_encoder_patches_of_the_given_side():
+    model = build("method.patch_resize=16")
+    sides = []
+    model.backbone.register_forward_pre_hook(lambda module, args: sides.append(tuple(args[0].shape[-2:])))
+    model.step([torch.randn(4, 3, 16, 16)], torch.arange(4))
+    assert sides[0] == (16, 16) and model.patch < 16       # the patches, resized from their own side
+    with pytest.raises(Exception, match="patch_resize"):
+        build("method.patch_resize=-1")

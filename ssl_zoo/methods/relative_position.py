@@ -18,8 +18,11 @@ AlexNet-style network per patch to fc6 (4096), late fusion into fc7 (4096) and f
 layout is scaled to the view (patch, gap and jitter as fractions of the patch, ``gap`` 0.5 and ``jitter``
 7/96, rounded, so at 32 px: 7 px patches, 4 px gaps, 1 px jitter); the encoder is the configured
 convolutional backbone with a ``hidden_dim`` MLP on the concatenation; no pixelation counter-measure.
-``all_neighbours=true`` (not the paper's) encodes the 9 patches of a layout once and classifies all 8
-pairs, as RotNet uses every rotation of an image: 4x the pairs for 2.25x the patch encodings.
+``patch_resize`` (not the paper's, off by default) resizes the patches before the encoder, so that on
+small images it sees patches at the scale it sees whole images at in evaluation, as the paper's network
+saw its 96 px patches at its native input size. ``all_neighbours=true`` (not the paper's) encodes the 9
+patches of a layout once and classifies all 8 pairs, as RotNet uses every rotation of an image: 4x the
+pairs for 2.25x the patch encodings.
 Grey images (1 channel) have no chromatic aberration: ``chromatic`` does nothing there. Channel
 operations are on normalised pixels (noise of 0.01 = 1/100 of a channel's std). The probe reads the
 encoder on the whole view (a second, gradient-free pass).
@@ -84,12 +87,15 @@ class RelativePositionConfig(MethodConfig):
     chromatic: str = "project"
     hidden_dim: int = 4096          # fc7 on the concatenation of the two patches' features
     all_neighbours: bool = False    # True: pair the centre with all 8 neighbours (9 patches encoded per image)
+    patch_resize: int = 0           # > 0: patches resized (bilinear) to this many px before the encoder
 
     def validate(self, prefix: str = "method") -> None:
         check(0.0 <= self.gap <= 2.0, f"{prefix}.gap", self.gap, "a fraction of the patch side in [0, 2]")
         check(0.0 <= self.jitter <= 0.5, f"{prefix}.jitter", self.jitter, "a fraction of the patch side in [0, 0.5]")
         check(self.chromatic in CHROMATIC, f"{prefix}.chromatic", self.chromatic, "one of: " + ", ".join(CHROMATIC))
         check(self.hidden_dim >= 1, f"{prefix}.hidden_dim", self.hidden_dim, "an integer >= 1")
+        check(self.patch_resize >= 0, f"{prefix}.patch_resize", self.patch_resize,
+              "0 (patches at their own size) or a side in px >= 1")
 
 
 class RelativePosition(Method):
@@ -132,6 +138,8 @@ class RelativePosition(Method):
         patches, labels = self.patches(x)
         k = patches.shape[1]
         patches = self.chromatic(patches.flatten(0, 1))                     # [B·K, C, p, p]
+        if self.hp.patch_resize:
+            patches = F.interpolate(patches, size=self.hp.patch_resize, mode="bilinear", align_corners=False)
         h = self.backbone(self._format(patches)).view(b, k, -1)             # [B, K, D], centre first
         if labels is None:  # every neighbour: B·8 pairs, labels 0..7 per image
             labels = torch.arange(len(NEIGHBOURS), device=x.device).repeat(b)
