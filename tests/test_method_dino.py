@@ -85,3 +85,36 @@ def test_last_layer_gets_no_gradient_in_the_first_epoch_and_decay_follows_its_co
 def test_a_vit_without_dynamic_image_size_is_refused_with_multicrop_views():
     with pytest.raises(ConfigError, match="dynamic_img_size"):
         build("backbone=vit_tiny", "backbone.patch_size=4")
+
+
+@pytest.mark.parametrize("reads", ["teacher", "student"])
+def test_evaluation_and_export_read_the_teacher_by_default(reads, tmp_path):
+    """The reference evaluates the teacher (``--checkpoint_key teacher``); ``eval_encoder=student`` the student.
+    The teacher's BN statistics are its own: the EMA moves parameters only."""
+    from omegaconf import OmegaConf
+
+    from ssl_zoo.eval.export import export_to_file
+
+    cfg, model = build(f"method.eval_encoder={reads}")
+    model.train()
+    model.step(views(), torch.arange(8))                       # the teacher's forward updates its BN stats
+    with torch.no_grad():
+        for p in model.teacher.encoder[0].parameters():
+            p.add_(0.1 * torch.randn_like(p))                  # the two backbones now differ
+    model.teacher.update(0, 10)
+    teacher_stats, student_stats = (dict(m.named_buffers())["bn1.running_mean"]
+                                    for m in (model.teacher.encoder[0], model.backbone))
+    assert not torch.equal(teacher_stats, student_stats)
+    model.eval()
+    x = torch.randn(4, 3, 16, 16)
+    evaluated = model.teacher.encoder[0] if reads == "teacher" else model.backbone
+    torch.testing.assert_close(model(x), evaluated(x))
+    other = model.backbone if reads == "teacher" else model.teacher.encoder[0]
+    assert not torch.allclose(model(x), other(x))
+    ckpt = {"state_dict": model.state_dict(), "hyper_parameters": {"cfg": OmegaConf.to_container(cfg, resolve=True)},
+            "global_step": 1, "epoch": 0}
+    torch.save(ckpt, tmp_path / "run.ckpt")
+    export_to_file(str(tmp_path / "run.ckpt"), str(tmp_path / "backbone.pt"), "timm")
+    exported = torch.load(tmp_path / "backbone.pt", weights_only=True)
+    for name, value in evaluated.state_dict().items():
+        torch.testing.assert_close(exported[name.replace("_orig_mod.", "")], value)

@@ -1,7 +1,8 @@
 """``ssl-zoo export``: the trained backbone's weights alone, loadable by timm or torchvision.
 
 The file is a plain ``state_dict`` (``torch.save``; load it with ``weights_only=True``) with the keys of
-the backbone module (``backbone.*`` of the checkpoint, prefix removed). Loading it:
+the evaluated backbone module (``backbone.*`` of the checkpoint, or DINO's teacher ``teacher.encoder.0.*``;
+:meth:`Method.eval_backbone_prefix`), prefix removed. Loading it:
 
 ResNet, torchvision::
 
@@ -41,12 +42,13 @@ from ssl_zoo.errors import CheckpointError, ConfigError
 FORMATS = ("timm", "torchvision")
 
 
-def backbone_state_dict(ckpt: dict[str, Any]) -> dict[str, Tensor]:
-    """The ``backbone.*`` tensors of a checkpoint, prefix removed (and ``torch.compile``'s ``_orig_mod.``)."""
+def backbone_state_dict(ckpt: dict[str, Any], prefix: str = "backbone.") -> dict[str, Tensor]:
+    """The ``prefix*`` tensors of a checkpoint (the evaluated backbone's), prefix removed (and
+    ``torch.compile``'s ``_orig_mod.``)."""
     out = {}
     for key, value in ckpt["state_dict"].items():
-        if key.startswith("backbone."):
-            name = key[len("backbone."):].replace("_orig_mod.", "")
+        if key.startswith(prefix):
+            name = key[len(prefix):].replace("_orig_mod.", "")
             out[name] = value.detach().clone().contiguous()  # contiguous: channels_last weights load anywhere
     return out
 
@@ -117,7 +119,10 @@ def export_backbone(ckpt: dict[str, Any], cfg: DictConfig, fmt: str) -> tuple[di
         raise ConfigError("format", fmt, "one of: " + ", ".join(FORMATS))
     if fmt == "torchvision" and bb.name not in RESNETS:
         raise ConfigError("format", fmt, f"timm for backbone={bb.name}", "torchvision only has the ResNets here")
-    state = backbone_state_dict(ckpt)
+    from ssl_zoo.methods import METHODS  # here: export's other helpers need no method classes
+
+    method = METHODS.get(cfg.method.name)
+    state = backbone_state_dict(ckpt, method.eval_backbone_prefix(cfg.method) if method else "backbone.")
     target = build_target(cfg, fmt)
     try:
         target.load_state_dict(state, strict=True)

@@ -91,6 +91,12 @@ class Method(pl.LightningModule):
         """Backbone features [B, D]: what evaluation and export use."""
         return self.backbone(self._format(images))
 
+    @classmethod
+    def eval_backbone_prefix(cls, method_cfg) -> str:
+        """The checkpoint's state-dict prefix of the backbone that :meth:`forward` (evaluation) runs and
+        ``ssl-zoo export`` writes: the online ``backbone.``, unless the method evaluates another copy."""
+        return "backbone."
+
     def _format(self, x: Tensor) -> Tensor:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.ndim == 4 else x
 

@@ -18,6 +18,11 @@ Paper: ViT-S/16 77.0% linear / 74.5% k-NN; the README's 100-epoch ViT-S/16 run 7
 Deviations: the warm-up of the teacher temperature is linear per step (the reference holds one value
 per epoch); clipping is Lightning's global gradient norm (``trainer.gradient_clip_val``), where the
 reference clips each parameter's gradient on its own; the frozen last layer is left out of that norm.
+
+Evaluation and export read the teacher's backbone (``eval_encoder=teacher``), as the reference's k-NN and
+linear evaluations do by default (``--checkpoint_key teacher``; the paper's Fig. 6 finds the teacher
+better than the student throughout training); ``eval_encoder=student`` reads the student. The teacher
+keeps BN statistics of its own, as in the reference (only parameters follow the student).
 """
 
 from __future__ import annotations
@@ -56,6 +61,7 @@ class DINOConfig(MethodConfig):
     final_momentum: float = 1.0
     freeze_last_layer_epochs: int = 1
     weight_decay_end: Optional[float] = 0.4  # noqa: UP045 (null: optimizer.weight_decay throughout)
+    eval_encoder: str = "teacher"           # the backbone evaluation and export read: teacher or student
 
     def validate(self, prefix: str = "method") -> None:
         for key in ("out_dim", "hidden_dim", "bottleneck_dim", "head_layers"):
@@ -71,6 +77,8 @@ class DINOConfig(MethodConfig):
         check(0.0 <= self.base_momentum <= 1.0, f"{prefix}.base_momentum", self.base_momentum, "a number in [0, 1]")
         check(self.base_momentum <= self.final_momentum <= 1.0, f"{prefix}.final_momentum", self.final_momentum,
               f"a number in [method.base_momentum={self.base_momentum}, 1]")
+        check(self.eval_encoder in ("teacher", "student"), f"{prefix}.eval_encoder", self.eval_encoder,
+              "teacher or student")
         check(self.freeze_last_layer_epochs >= 0, f"{prefix}.freeze_last_layer_epochs",
               self.freeze_last_layer_epochs, "an integer >= 0")
         check(self.weight_decay_end is None or self.weight_decay_end >= 0, f"{prefix}.weight_decay_end",
@@ -89,8 +97,16 @@ class DINO(Method):
         self.head = DINOHead(self.feature_dim, hp.out_dim, hp.hidden_dim, hp.bottleneck_dim, hp.head_layers,
                              use_bn=hp.use_bn_in_head, norm_last_layer=hp.norm_last_layer)
         self.teacher = MomentumEncoder(self.backbone, self.head, base_momentum=hp.base_momentum,
-                                       final_momentum=hp.final_momentum)
+                                       final_momentum=hp.final_momentum, copy_buffers=False)
         self.register_buffer("center", torch.zeros(1, hp.out_dim))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        backbone = self.teacher.encoder[0] if self.hp.eval_encoder == "teacher" else self.backbone
+        return backbone(self._format(images))
+
+    @classmethod
+    def eval_backbone_prefix(cls, method_cfg) -> str:
+        return "teacher.encoder.0." if method_cfg.get("eval_encoder", "teacher") == "teacher" else "backbone."
 
     # --- schedules (functions of the optimizer step) -------------------------------------------
     def _step_and_epoch_length(self) -> tuple[int, int]:
