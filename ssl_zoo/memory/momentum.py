@@ -27,14 +27,12 @@ class MomentumEncoder(nn.Module):
 
     The copy is a registered sub-module (``encoder``, an ``nn.Sequential``), so it lives in the
     checkpoint; the online modules are held by reference only (their owner registers them once).
-    Buffers (BN running statistics) are copied with ``copy_buffers`` (MoCo's and BYOL's setting here);
-    without it the copy keeps its own, gathered by its forward passes in training mode (DINO's reference,
-    whose teacher is evaluated and so needs statistics of its own activations). ``Method`` calls
-    :meth:`update` for every ``MomentumEncoder`` it holds.
+    Buffers (BN running statistics) are copied, as MoCo's and BYOL's reference code do. ``Method``
+    calls :meth:`update` for every ``MomentumEncoder`` it holds.
     """
 
     def __init__(self, *online: nn.Module, base_momentum: float = 0.996, final_momentum: float = 1.0,
-                 schedule: str = "cosine", copy_buffers: bool = True):
+                 schedule: str = "cosine"):
         super().__init__()
         if not online:
             raise ValueError("MomentumEncoder needs at least one online module")
@@ -42,7 +40,6 @@ class MomentumEncoder(nn.Module):
         self.encoder.requires_grad_(False)
         self._online = list(online)  # a plain list keeps them out of this module's state dict
         self.base_momentum, self.final_momentum, self.schedule = base_momentum, final_momentum, schedule
-        self.copy_buffers = copy_buffers
         self.register_buffer("momentum", torch.tensor(base_momentum, dtype=torch.float64))
 
     def online_parameters(self) -> list[nn.Parameter]:
@@ -61,8 +58,7 @@ class MomentumEncoder(nn.Module):
         target_params = list(self.encoder.parameters())
         online_params = [p.detach() for p in self.online_parameters()]
         torch._foreach_lerp_(target_params, online_params, 1.0 - tau)
-        if self.copy_buffers:
-            for t, o in zip(self.encoder.buffers(), self.online_buffers()):
-                t.copy_(o)
+        for t, o in zip(self.encoder.buffers(), self.online_buffers()):
+            t.copy_(o)
         self.momentum.fill_(tau)
         return tau

@@ -21,8 +21,12 @@ reference clips each parameter's gradient on its own; the frozen last layer is l
 
 Evaluation and export read the teacher's backbone (``eval_encoder=teacher``), as the reference's k-NN and
 linear evaluations do by default (``--checkpoint_key teacher``; the paper's Fig. 6 finds the teacher
-better than the student throughout training); ``eval_encoder=student`` reads the student. The teacher
-keeps BN statistics of its own, as in the reference (only parameters follow the student).
+better than the student throughout training); ``eval_encoder=student`` reads the student. Deviation: the
+teacher's BN running statistics are the student's, copied at every update as for every momentum encoder
+here, where the reference's teacher gathers its own. Measured on the default budget (one checkpoint of
+``experiment=fashion_mnist_budget method=dino augmentation=grey method.out_dim=4096
+method.freeze_last_layer_epochs=0 method.base_momentum=0.99``): the teacher's kNN reads 73.19 with the
+student's statistics and 69.89 with its own, the student 69.28.
 """
 
 from __future__ import annotations
@@ -97,7 +101,7 @@ class DINO(Method):
         self.head = DINOHead(self.feature_dim, hp.out_dim, hp.hidden_dim, hp.bottleneck_dim, hp.head_layers,
                              use_bn=hp.use_bn_in_head, norm_last_layer=hp.norm_last_layer)
         self.teacher = MomentumEncoder(self.backbone, self.head, base_momentum=hp.base_momentum,
-                                       final_momentum=hp.final_momentum, copy_buffers=False)
+                                       final_momentum=hp.final_momentum)
         self.register_buffer("center", torch.zeros(1, hp.out_dim))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
