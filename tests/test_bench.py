@@ -211,6 +211,15 @@ def test_sinkhorn_benchmark_times_both_domains_and_they_agree():
     assert result["max difference"] < 1e-5
 
 
+def test_queue_loss_benchmark_times_both_forms_and_they_agree():
+    from ssl_zoo.bench import queue_loss
+
+    result = queue_loss.measure(batch=8, queue_size=64, rounds=1)
+    for precision, tol in (("fp32", 1e-5), ("bf16", 5e-2)):
+        assert result[f"plain {precision}"] > 0 and result[f"info_nce {precision}"] > 0
+        assert result[f"plain {precision} error"] < tol and result[f"info_nce {precision} error"] < tol
+
+
 def test_time_alternated_warms_each_call_up_then_alternates_them():
     from ssl_zoo.bench.measure import time_alternated
 
