@@ -63,12 +63,9 @@ def measure_row(row: Row, bench: BenchConfig, device: torch.device, overrides: l
     row.backbone = cfg.backbone.name + (f"/{cfg.backbone.patch_size}" if "vit" in cfg.backbone.name else "")
     for side in bench.sides:
         row.results[side] = SideResult(row.batch_size, row.views)
-    base = None
-    if "lightly" in bench.sides:
-        from omegaconf import OmegaConf
+    from omegaconf import OmegaConf
 
-        data = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(DataConfig), cfg.data))
-        base = build_datasets(data).train  # the same PIL images ours trains on (RGB)
+    data = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(DataConfig), cfg.data))
     for r in range(bench.rounds):
         order = bench.sides if r % 2 == 0 else list(reversed(bench.sides))
         for side in order:
@@ -76,8 +73,12 @@ def measure_row(row: Row, bench: BenchConfig, device: torch.device, overrides: l
             if side == "ours":
                 block = ours.run_block(cfg, device, bench.warmup)
             else:
+                # The same images ours trains on (RGB), loaded for this block only: each side's peak holds
+                # its own copy of the data set, never the other side's.
+                base = build_datasets(data).train
                 block = lightly_loop.run_block(cfg, base, device, row.resolved, bench.warmup, bench.steps,
                                                bench.num_workers)
+                del base
             row.results[side].blocks.append(block)
             gc.collect()
             if device.type == "cuda":
