@@ -64,3 +64,4 @@ def test_fixed_predictor_lr_keeps_the_predictor_at_its_initial_lr_while_the_rest
 def test_without_fixed_predictor_lr_every_group_follows_the_schedule():
     cfg, model = build("method.fixed_predictor_lr=false")
     assert not any(g.get("fixed_lr") for g in model.param_groups())
+

@@ -86,6 +86,15 @@ class Method(pl.LightningModule):
         return param_groups(self.named_parameters(), self.cfg.optimizer.weight_decay,
                             self.cfg.optimizer.get("exclude_bias_and_norm", True))
 
+    def param_groups_apart(self, module: str, **extra) -> list[dict]:
+        """The default groups for every parameter outside sub-module ``module``, then the same split of
+        that sub-module's parameters with ``extra`` in its groups (``lr_scale=10.0``, ``fixed_lr=True``)."""
+        wd = self.cfg.optimizer.weight_decay
+        exclude = self.cfg.optimizer.get("exclude_bias_and_norm", True)
+        rest = [(n, p) for n, p in self.named_parameters() if not n.startswith(module + ".")]
+        return (param_groups(rest, wd, exclude)
+                + param_groups(getattr(self, module).named_parameters(), wd, exclude, name=module, **extra))
+
     # --- the shared loop ------------------------------------------------------------------------
     def forward(self, images: Tensor) -> Tensor:
         """Backbone features [B, D]: what evaluation and export use."""

@@ -10,6 +10,10 @@
 
 Recipe: LARS, base lr 0.2 x B/256, wd 1.5e-6, batch 4096, 1000 epochs, 10 warm-up epochs,
 projector and predictor 4096-256 with BN.
+
+``pred_lr_scale`` (1, the paper's, by default) multiplies the predictor's learning rate: a predictor that
+adapts faster than the encoder (as SimSiam's fixed-lr predictor, Chen & He 2021, and DirectPred's
+analysis, Tian et al. 2021) is an option for short schedules, not part of the paper's recipe.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ class BYOLConfig(MethodConfig):
     pred_hidden_dim: int = 4096
     base_momentum: float = 0.996
     final_momentum: float = 1.0
+    pred_lr_scale: float = 1.0
 
     def validate(self, prefix: str = "method") -> None:
         for key in ("proj_hidden_dim", "proj_output_dim", "pred_hidden_dim"):
@@ -40,6 +45,7 @@ class BYOLConfig(MethodConfig):
         check(0.0 <= self.base_momentum <= 1.0, f"{prefix}.base_momentum", self.base_momentum, "a number in [0, 1]")
         check(self.base_momentum <= self.final_momentum <= 1.0, f"{prefix}.final_momentum", self.final_momentum,
               f"a number in [method.base_momentum={self.base_momentum}, 1]")
+        check(self.pred_lr_scale > 0, f"{prefix}.pred_lr_scale", self.pred_lr_scale, "a number > 0")
 
 
 class BYOL(Method):
@@ -53,6 +59,11 @@ class BYOL(Method):
         self.predictor = MLP(hp.proj_output_dim, hp.pred_hidden_dim, hp.proj_output_dim)
         self.target = MomentumEncoder(self.backbone, self.projector, base_momentum=hp.base_momentum,
                                       final_momentum=hp.final_momentum)
+
+    def param_groups(self) -> list[dict]:
+        if self.hp.pred_lr_scale == 1.0:
+            return super().param_groups()
+        return self.param_groups_apart("predictor", lr_scale=self.hp.pred_lr_scale)
 
     def step(self, views, index) -> StepOutput:
         v1, v2 = views[0], views[1]

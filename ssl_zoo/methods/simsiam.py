@@ -23,7 +23,6 @@ from ssl_zoo.errors import check
 from ssl_zoo.heads import MLP
 from ssl_zoo.losses.negative_free import simsiam_loss
 from ssl_zoo.methods.base import Method, MethodConfig, StepOutput
-from ssl_zoo.optim import param_groups
 
 
 @dataclass
@@ -55,11 +54,7 @@ class SimSiam(Method):
     def param_groups(self) -> list[dict]:
         if not self.hp.fixed_predictor_lr:
             return super().param_groups()
-        wd = self.cfg.optimizer.weight_decay
-        exclude = self.cfg.optimizer.get("exclude_bias_and_norm", True)
-        rest = [(n, p) for n, p in self.named_parameters() if not n.startswith("predictor.")]
-        return (param_groups(rest, wd, exclude)
-                + param_groups(self.predictor.named_parameters(), wd, exclude, name="predictor", fixed_lr=True))
+        return self.param_groups_apart("predictor", fixed_lr=True)
 
     def step(self, views, index) -> StepOutput:
         h1, h2 = self.backbone(views[0]), self.backbone(views[1])
