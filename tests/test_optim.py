@@ -175,7 +175,7 @@ def test_group_lr_scale_multiplies_the_scaled_lr_and_is_remembered_as_initial_lr
     lrs = {(g.get("name"), g["weight_decay"] > 0): (g["lr"], g["initial_lr"]) for g in opt.param_groups}
     assert lrs[(None, True)] == pytest.approx((0.1, 0.1))
     assert lrs[("predictor", True)] == pytest.approx((1.0, 1.0))
-    assert lrs[("predictor", False)] == pytest.approx((1.0, 1.0))
+    assert lrs[("predictor_no_decay", False)] == pytest.approx((1.0, 1.0))
     with pytest.raises(ValueError, match="lr_scale"):
         build_optimizer(OptimizerConfig(), [{"params": list(backbone.parameters()), "lr": 0.1}], 256)
 
@@ -204,6 +204,12 @@ def test_param_groups_exclude_biases_norms_one_d_params_and_vit_tokens():
     assert (decay["weight_decay"], decay["layer_adaptation"]) == (0.1, True)
     assert (no_decay["weight_decay"], no_decay["layer_adaptation"]) == (0.0, False)
     assert decay["tag"] == no_decay["tag"] == "x"
+
+
+def test_named_param_groups_keep_unique_names_for_the_learning_rate_monitor():
+    decay, no_decay = param_groups(_Net().named_parameters(), 0.1, name="predictor", lr_scale=10.0)
+    assert (decay["name"], no_decay["name"]) == ("predictor", "predictor_no_decay")
+    assert decay["lr_scale"] == no_decay["lr_scale"] == 10.0
 
 
 def test_param_groups_without_exclusion_is_one_decayed_group_of_trainable_params():

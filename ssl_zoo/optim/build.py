@@ -76,7 +76,8 @@ def param_groups(named_parameters: Iterable[tuple[str, nn.Parameter]], weight_de
     (no LARS/LAMB trust ratio), as SimCLR and BYOL do. Names are not searched for ``norm``/``bn``:
     normalisation parameters are 1-d anyway, and a 2-d weight in a module merely named so is a weight.
     Frozen parameters are skipped and empty groups dropped. ``extra`` is copied into each group (e.g.
-    ``name="predictor", lr_scale=10.0`` or ``fixed_lr=True``).
+    ``name="predictor", lr_scale=10.0`` or ``fixed_lr=True``); a ``name`` gets ``_no_decay`` appended in
+    the excluded group, so that names stay unique.
     """
     reserved = _RESERVED_EXTRA & extra.keys()
     if reserved:
@@ -91,6 +92,8 @@ def param_groups(named_parameters: Iterable[tuple[str, nn.Parameter]], weight_de
         {"params": decay, "weight_decay": float(weight_decay), "layer_adaptation": True, **extra},
         {"params": no_decay, "weight_decay": 0.0, "layer_adaptation": False, **extra},
     ]
+    if "name" in extra:  # group names must be unique (Lightning's LearningRateMonitor keys its curves by them)
+        groups[1]["name"] = f"{extra['name']}_no_decay"
     return [g for g in groups if g["params"]]
 
 
