@@ -12,7 +12,8 @@ Shapes: views [B, C, H, W] -> h [B, feature_dim] -> z, p [B, proj_output_dim].
 Recipe: SGD lr 0.05 x B/256, momentum 0.9, wd 1e-4 on every parameter, cosine decay without warm-up,
 batch 512, 100 epochs; the predictor keeps its initial lr (``fixed_predictor_lr``, the paper's
 "fixed lr for h" ablation and the official default). Projector layers 2048 wide, output BN without
-affine parameters, as the official code.
+affine parameters, as the official code. ``pred_lr_scale`` (1, the paper's, by default) multiplies the
+predictor's lr, as BYOL's option of the same name: not part of the paper's recipe.
 """
 
 from __future__ import annotations
@@ -33,10 +34,12 @@ class SimSiamConfig(MethodConfig):
     proj_layers: int = 3
     pred_hidden_dim: int = 512
     fixed_predictor_lr: bool = True
+    pred_lr_scale: float = 1.0
 
     def validate(self, prefix: str = "method") -> None:
         for key in ("proj_hidden_dim", "proj_output_dim", "pred_hidden_dim", "proj_layers"):
             check(getattr(self, key) >= 1, f"{prefix}.{key}", getattr(self, key), "an integer >= 1")
+        check(self.pred_lr_scale > 0, f"{prefix}.pred_lr_scale", self.pred_lr_scale, "a number > 0")
 
 
 class SimSiam(Method):
@@ -52,9 +55,10 @@ class SimSiam(Method):
         self.predictor = MLP(hp.proj_output_dim, hp.pred_hidden_dim, hp.proj_output_dim)
 
     def param_groups(self) -> list[dict]:
-        if not self.hp.fixed_predictor_lr:
+        if not self.hp.fixed_predictor_lr and self.hp.pred_lr_scale == 1.0:
             return super().param_groups()
-        return self.param_groups_apart("predictor", fixed_lr=True)
+        return self.param_groups_apart("predictor", fixed_lr=self.hp.fixed_predictor_lr,
+                                       lr_scale=self.hp.pred_lr_scale)
 
     def step(self, views, index) -> StepOutput:
         h1, h2 = self.backbone(views[0]), self.backbone(views[1])
