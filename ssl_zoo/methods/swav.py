@@ -17,7 +17,9 @@ wd 1e-6, T=0.1, K=3000 prototypes, head 2048-128, ε=0.05, 3 Sinkhorn iterations
 Deviations: the queue holds the embeddings of every rank (gathered, identical on all ranks, so rank 0's
 checkpoint restores it whole); each rank feeds an interleaved slice of it to the distributed Sinkhorn,
 whose all-reduced sums then cover each queued embedding once, as the reference's per-rank queues do.
-One prototype head (the reference allows several).
+One prototype head (the reference allows several). ``prototypes_lr_scale`` (1, the paper's, by default)
+multiplies the prototypes' learning rate, so that on short schedules they can follow the embeddings as a
+predictor follows BYOL's (not part of the paper's recipe).
 """
 
 from __future__ import annotations
@@ -67,6 +69,7 @@ class SwAVConfig(MethodConfig):
     queue_size: int = 0  # embeddings per global crop over all ranks; 0: no queue (large batches)
     queue_start_epoch: int = 15
     freeze_prototypes_steps: int = 313
+    prototypes_lr_scale: float = 1.0  # the prototypes' lr relative to the rest (1: the paper's)
 
     def validate(self, prefix: str = "method") -> None:
         for key in ("proj_hidden_dim", "proj_output_dim", "num_prototypes", "sinkhorn_iterations"):
@@ -77,6 +80,7 @@ class SwAVConfig(MethodConfig):
         check(self.queue_start_epoch >= 0, f"{prefix}.queue_start_epoch", self.queue_start_epoch, "an integer >= 0")
         check(self.freeze_prototypes_steps >= 0, f"{prefix}.freeze_prototypes_steps", self.freeze_prototypes_steps,
               "an integer >= 0")
+        check(self.prototypes_lr_scale > 0, f"{prefix}.prototypes_lr_scale", self.prototypes_lr_scale, "a number > 0")
 
 
 class SwAV(Method):
@@ -102,6 +106,11 @@ class SwAV(Method):
                 raise ConfigError("method.queue_size", self.hp.queue_size,
                                   f"0 or a multiple of the global batch {global_batch}",
                                   "so a batch never wraps the queue")
+
+    def param_groups(self) -> list[dict]:
+        if self.hp.prototypes_lr_scale == 1.0:
+            return super().param_groups()
+        return self.param_groups_apart("prototypes", lr_scale=self.hp.prototypes_lr_scale)
 
     def on_before_optimizer_step(self, optimizer) -> None:
         # The reference drops the prototypes' gradient early in training: a fresh assignment is too
