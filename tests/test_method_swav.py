@@ -88,18 +88,3 @@ def test_prototypes_get_no_gradient_during_the_first_steps():
         assert (model.prototypes.weight.grad is None) == frozen, step
         assert model.projector.net[0].weight.grad is not None
 
-
-def test_prototypes_lr_scale_multiplies_the_prototypes_learning_rate_alone():
-    from ssl_zoo.optim import build_optimizer
-
-    cfg = compose(tiny("swav", "method.prototypes_lr_scale=10"))
-    model = METHODS["swav"](cfg, num_train=64)
-    opt = build_optimizer(cfg.optimizer, model.param_groups(), global_batch=256)
-    prototype_ids = {id(p) for p in model.prototypes.parameters()}
-    lrs = {}
-    for g in opt.param_groups:
-        kinds = {id(p) in prototype_ids for p in g["params"]}
-        assert len(kinds) == 1
-        lrs.setdefault(kinds.pop(), set()).add(g["lr"])
-    assert len(lrs[False]) == len(lrs[True]) == 1 and lrs[True].pop() == 10 * lrs[False].pop()
-    assert sum(len(g["params"]) for g in opt.param_groups) == sum(1 for p in model.parameters() if p.requires_grad)

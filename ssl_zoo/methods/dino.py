@@ -27,6 +27,8 @@ here, where the reference's teacher gathers its own. Measured on the default bud
 (``experiment=fashion_mnist_budget method=dino augmentation=grey method.out_dim=4096
 method.freeze_last_layer_epochs=0 method.base_momentum=0.99``, BENCHMARKS.md): kNN 73.13 from the teacher
 with the student's statistics, 70.07 from the teacher with its own, 70.54 from the student.
+``head_lr_scale`` (1, the paper's, by default) multiplies the student head's learning rate, as BYOL's
+``pred_lr_scale`` does its predictor's (not part of the paper's recipe).
 """
 
 from __future__ import annotations
@@ -66,6 +68,7 @@ class DINOConfig(MethodConfig):
     freeze_last_layer_epochs: int = 1
     weight_decay_end: Optional[float] = 0.4  # noqa: UP045 (null: optimizer.weight_decay throughout)
     eval_encoder: str = "teacher"           # the backbone evaluation and export read: teacher or student
+    head_lr_scale: float = 1.0              # the student head's lr relative to the backbone's (1: the paper's)
 
     def validate(self, prefix: str = "method") -> None:
         for key in ("out_dim", "hidden_dim", "bottleneck_dim", "head_layers"):
@@ -81,6 +84,7 @@ class DINOConfig(MethodConfig):
         check(0.0 <= self.base_momentum <= 1.0, f"{prefix}.base_momentum", self.base_momentum, "a number in [0, 1]")
         check(self.base_momentum <= self.final_momentum <= 1.0, f"{prefix}.final_momentum", self.final_momentum,
               f"a number in [method.base_momentum={self.base_momentum}, 1]")
+        check(self.head_lr_scale > 0, f"{prefix}.head_lr_scale", self.head_lr_scale, "a number > 0")
         check(self.eval_encoder in ("teacher", "student"), f"{prefix}.eval_encoder", self.eval_encoder,
               "teacher or student")
         check(self.freeze_last_layer_epochs >= 0, f"{prefix}.freeze_last_layer_epochs",
@@ -111,6 +115,11 @@ class DINO(Method):
     @classmethod
     def eval_backbone_prefix(cls, method_cfg) -> str:
         return "teacher.encoder.0." if method_cfg.get("eval_encoder", "teacher") == "teacher" else "backbone."
+
+    def param_groups(self) -> list[dict]:
+        if self.hp.head_lr_scale == 1.0:
+            return super().param_groups()
+        return self.param_groups_apart("head", lr_scale=self.hp.head_lr_scale)
 
     # --- schedules (functions of the optimizer step) -------------------------------------------
     def _step_and_epoch_length(self) -> tuple[int, int]:

@@ -1,0 +1,37 @@
+"""The options that give a method's head its own learning-rate multiple (not the papers' recipes): BYOL's
+and SimSiam's predictor, SwAV's prototypes, DINO's student head."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import tiny
+
+from ssl_zoo.cli import compose
+from ssl_zoo.config import validate_config
+from ssl_zoo.methods import METHODS
+from ssl_zoo.optim import build_optimizer
+
+CASES = [("byol", "pred_lr_scale", "predictor", ()),
+         ("simsiam", "pred_lr_scale", "predictor", ("method.fixed_predictor_lr=false",)),
+         ("swav", "prototypes_lr_scale", "prototypes", ()),
+         ("dino", "head_lr_scale", "head", ())]
+
+
+@pytest.mark.parametrize("method,option,module,extra", CASES)
+def test_lr_scale_multiplies_the_heads_learning_rate_alone(method, option, module, extra):
+    cfg = compose(tiny(method, f"method.{option}=10", *extra))
+    typed = validate_config(cfg)
+    model = METHODS[method](cfg, num_train=typed["data"].num_samples)
+    opt = build_optimizer(cfg.optimizer, model.param_groups(), global_batch=256)
+    head_ids = {id(p) for p in getattr(model, module).parameters()}
+    lrs: dict[bool, set[float]] = {}
+    for group in opt.param_groups:
+        kinds = {id(p) in head_ids for p in group["params"]}
+        assert len(kinds) == 1                                  # a group is all head or all the rest
+        lrs.setdefault(kinds.pop(), set()).add(group["lr"])
+    assert len(lrs[False]) == len(lrs[True]) == 1
+    assert lrs[True].pop() == pytest.approx(10 * lrs[False].pop())
+    names = [g.get("name") for g in opt.param_groups if g.get("name")]
+    assert len(names) == len(set(names))                        # unique, as Lightning's lr monitor needs
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(trainable)
