@@ -136,6 +136,7 @@ class _PositiveFirstCrossEntropy(torch.autograd.Function):
             # softmax over negative j = e_ij · exp(max_i - lse_i) = e_ij · w_i
             w = torch.exp(lse_negatives - lse) / row_sum
         ctx.save_for_backward(q, k, q_low, n_low, e, p_positive, w)
+        ctx.negatives_dtype = negatives.dtype
         return (lse - positive).mean()
 
     @staticmethod
@@ -151,7 +152,7 @@ class _PositiveFirstCrossEntropy(torch.autograd.Function):
             if ctx.needs_input_grad[1]:
                 grad_k = (coef * q.to(w.dtype)).to(k.dtype)
             if ctx.needs_input_grad[2]:
-                grad_n = (e.T @ (q_low * w.to(q_low.dtype))).to(n_low.dtype)
+                grad_n = (e.T @ (q_low * w.to(q_low.dtype))).to(ctx.negatives_dtype)
         return grad_q, grad_k, grad_n
 
 
