@@ -66,7 +66,6 @@ def test_without_fixed_predictor_lr_every_group_follows_the_schedule():
     assert not any(g.get("fixed_lr") for g in model.param_groups())
 
 
-
 def test_pred_lr_scale_multiplies_the_fixed_predictor_lr():
     cfg, model = build("method.fixed_predictor_lr=true", "method.pred_lr_scale=10", "optimizer=sgd")
     opt = build_optimizer(cfg.optimizer, model.param_groups(), global_batch=256)

@@ -87,4 +87,3 @@ def test_prototypes_get_no_gradient_during_the_first_steps():
         model.on_before_optimizer_step(None)
         assert (model.prototypes.weight.grad is None) == frozen, step
         assert model.projector.net[0].weight.grad is not None
-

@@ -86,19 +86,26 @@ class Method(pl.LightningModule):
         return param_groups(self.named_parameters(), self.cfg.optimizer.weight_decay,
                             self.cfg.optimizer.get("exclude_bias_and_norm", True))
 
-    def param_groups_apart(self, module: str, **extra) -> list[dict]:
-        """The default groups for every parameter outside sub-module ``module``, then the same split of
-        that sub-module's parameters with ``extra`` in its groups (``lr_scale=10.0``, ``fixed_lr=True``)."""
+    def param_groups_apart(self, module: str, lr_scale: float = 1.0, fixed_lr: bool = False) -> list[dict]:
+        """The default groups for every parameter outside sub-module ``module``, then the same split of that
+        sub-module's parameters at ``lr_scale`` times the lr, kept at its initial lr with ``fixed_lr``;
+        with neither, simply the default groups (:meth:`Method.param_groups`)."""
+        if lr_scale == 1.0 and not fixed_lr:
+            return Method.param_groups(self)
         wd = self.cfg.optimizer.weight_decay
         exclude = self.cfg.optimizer.get("exclude_bias_and_norm", True)
         rest = [(n, p) for n, p in self.named_parameters() if not n.startswith(module + ".")]
-        return (param_groups(rest, wd, exclude)
-                + param_groups(getattr(self, module).named_parameters(), wd, exclude, name=module, **extra))
+        head = getattr(self, module).named_parameters()
+        extra = {"lr_scale": lr_scale} if lr_scale != 1.0 else {}
+        extra.update({"fixed_lr": True} if fixed_lr else {})
+        return param_groups(rest, wd, exclude) + param_groups(head, wd, exclude, name=module, **extra)
 
     # --- the shared loop ------------------------------------------------------------------------
     def forward(self, images: Tensor) -> Tensor:
-        """Backbone features [B, D]: what evaluation and export use."""
-        return self.backbone(self._format(images))
+        """Backbone features [B, D]: what evaluation and export use, from the backbone that
+        :meth:`eval_backbone_prefix` names (the online ``backbone`` unless the method says otherwise)."""
+        backbone = self.get_submodule(type(self).eval_backbone_prefix(self.cfg.method).rstrip("."))
+        return backbone(self._format(images))
 
     @classmethod
     def eval_backbone_prefix(cls, method_cfg) -> str:

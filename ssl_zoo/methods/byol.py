@@ -61,8 +61,6 @@ class BYOL(Method):
                                       final_momentum=hp.final_momentum)
 
     def param_groups(self) -> list[dict]:
-        if self.hp.pred_lr_scale == 1.0:
-            return super().param_groups()
         return self.param_groups_apart("predictor", lr_scale=self.hp.pred_lr_scale)
 
     def step(self, views, index) -> StepOutput:

@@ -108,17 +108,11 @@ class DINO(Method):
                                        final_momentum=hp.final_momentum)
         self.register_buffer("center", torch.zeros(1, hp.out_dim))
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        backbone = self.teacher.encoder[0] if self.hp.eval_encoder == "teacher" else self.backbone
-        return backbone(self._format(images))
-
     @classmethod
     def eval_backbone_prefix(cls, method_cfg) -> str:
         return "teacher.encoder.0." if method_cfg.get("eval_encoder", "teacher") == "teacher" else "backbone."
 
     def param_groups(self) -> list[dict]:
-        if self.hp.head_lr_scale == 1.0:
-            return super().param_groups()
         return self.param_groups_apart("head", lr_scale=self.hp.head_lr_scale)
 
     # --- schedules (functions of the optimizer step) -------------------------------------------

@@ -55,8 +55,6 @@ class SimSiam(Method):
         self.predictor = MLP(hp.proj_output_dim, hp.pred_hidden_dim, hp.proj_output_dim)
 
     def param_groups(self) -> list[dict]:
-        if not self.hp.fixed_predictor_lr and self.hp.pred_lr_scale == 1.0:
-            return super().param_groups()
         return self.param_groups_apart("predictor", fixed_lr=self.hp.fixed_predictor_lr,
                                        lr_scale=self.hp.pred_lr_scale)
 

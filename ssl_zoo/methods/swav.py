@@ -108,8 +108,6 @@ class SwAV(Method):
                                   "so a batch never wraps the queue")
 
     def param_groups(self) -> list[dict]:
-        if self.hp.prototypes_lr_scale == 1.0:
-            return super().param_groups()
         return self.param_groups_apart("prototypes", lr_scale=self.hp.prototypes_lr_scale)
 
     def on_before_optimizer_step(self, optimizer) -> None:
