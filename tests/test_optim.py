@@ -8,10 +8,13 @@ import math
 from pathlib import Path
 
 import pytest
+import pytorch_lightning as pl
 import torch
 import torch.nn as nn
+from conftest import tiny
 from omegaconf import OmegaConf
 
+from ssl_zoo.cli import compose
 from ssl_zoo.errors import ConfigError
 from ssl_zoo.optim import (
     OptimizerConfig,
@@ -24,6 +27,7 @@ from ssl_zoo.optim import (
     param_groups,
     scaled_lr,
 )
+from ssl_zoo.train import train
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 ETA, WD, MOM, LR, EPS = 0.001, 0.05, 0.9, 0.7, 1e-8
@@ -405,3 +409,23 @@ def test_every_scheduler_yaml_validates_and_builds(choice):
     opt = build_optimizer(OptimizerConfig(), param_groups(layer.named_parameters(), 1e-4), 256)
     sched = build_scheduler(cfg, opt, total_steps=200 * 5, steps_per_epoch=5)  # the recipes' 200 epochs
     assert all(f is not None for f in sched.state_dict()["lr_lambdas"])
+
+
+class _GradsAtBatchStart(pl.Callback):
+    """Records, at each training batch's start, whether any parameter of the method holds a gradient."""
+
+    def __init__(self):
+        self.held: list[bool] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        self.held.append(any(p.grad is not None for p in pl_module.parameters()))
+
+
+@pytest.mark.parametrize("accumulate, expected", [(1, [False, False]), (2, [False, True, False, True])])
+def test_gradients_are_freed_after_each_optimizer_step_and_kept_while_accumulating(in_tmp, accumulate, expected):
+    """The next forward must not hold the last step's gradients (Lightning would free them only before the
+    next backward); micro-batches of an accumulation window keep theirs."""
+    seen = _GradsAtBatchStart()
+    overrides = tiny("simclr", "trainer.max_steps=2", f"trainer.accumulate_grad_batches={accumulate}")
+    train(compose(overrides), in_tmp / "run", extra_callbacks=[seen])
+    assert seen.held[:4] == expected

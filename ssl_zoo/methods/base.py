@@ -146,8 +146,11 @@ class Method(pl.LightningModule):
             self._total_steps, self._steps_per_epoch = max(int(total or 1), 1), steps
         return self._total_steps
 
-    def optimizer_step(self, *args, **kwargs) -> None:
-        super().optimizer_step(*args, **kwargs)
+    def optimizer_step(self, epoch: int, batch_idx: int, optimizer, optimizer_closure=None) -> None:
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        # Free the gradients now: Lightning zeroes them only between the next forward and its backward, so
+        # the stale ones (4 bytes per parameter) would be held through the next forward's activation peak.
+        optimizer.zero_grad(set_to_none=True)
         # EMA right after each optimizer step (not per accumulated micro-batch), and before any callback's
         # on_train_batch_end, so a checkpoint written at this step already holds the updated target.
         step, total = self.global_step, self.total_steps()
