@@ -8,7 +8,7 @@
                                           the backbone's weights alone, for timm or torchvision
     ssl-zoo embed ckpt=<path> out=<file.pt|.npz|.npy> [data=...] [eval.split=test|train]
                                           features with their labels and data-set indices
-    ssl-zoo results [outputs/] [protocol=all|best|knn|...] [csv=<file>]
+    ssl-zoo results [outputs/] [protocol=all|best|knn|...] [seeds=each|mean] [csv=<file>]
                                           leaderboard of every run found (Markdown printed, CSV written)
     ssl-zoo bench [key=value ...]         training speed, ours against lightly's building blocks, as
                                           Markdown (device=cuda sweep=all; see BENCHMARKS.md)
@@ -283,23 +283,36 @@ def cmd_export(args: list[str]) -> int:
 
 
 def cmd_results(args: list[str]) -> int:
-    from ssl_zoo.eval.results import PROTOCOL_CHOICES, leaderboard, to_markdown, write_csv
+    from ssl_zoo.errors import ConfigError
+    from ssl_zoo.eval.results import (
+        PROTOCOL_CHOICES,
+        SEEDS_CHOICES,
+        leaderboard,
+        over_seeds,
+        seeds_to_markdown,
+        to_markdown,
+        write_csv,
+    )
 
     roots = [a for a in args if "=" not in a]
-    kv = key_values([a for a in args if "=" in a], ("protocol", "csv"), "results")
-    protocol = kv.get("protocol", "best")
+    kv = key_values([a for a in args if "=" in a], ("protocol", "csv", "seeds"), "results")
+    protocol, seeds = kv.get("protocol", "best"), kv.get("seeds", "each")
     if protocol not in PROTOCOL_CHOICES:
-        from ssl_zoo.errors import ConfigError
-
         raise ConfigError("protocol", protocol, "one of: " + ", ".join(PROTOCOL_CHOICES))
+    if seeds not in SEEDS_CHOICES:
+        raise ConfigError("seeds", seeds, "one of: " + ", ".join(SEEDS_CHOICES))
     root = Path(roots[0]) if roots else Path("outputs")
     if len(roots) > 1 or not root.is_dir():
         raise SSLZooError(f"results: {' '.join(roots) or str(root)!r} is not one folder of runs: "
                           "give the folder holding the run directories (default outputs/)")
     rows = leaderboard(root, protocol)
     csv_file = Path(kv.get("csv") or root / "results.csv")
+    if seeds == "mean":
+        rows = over_seeds(rows)
+        print(seeds_to_markdown(rows))
+    else:
+        print(to_markdown(rows))
     write_csv(rows, csv_file)
-    print(to_markdown(rows))
     print(f"\n{len(rows)} row(s); CSV written to {csv_file}")
     return 0
 

@@ -16,10 +16,14 @@ _NOT_IDENTITY = ("resume", "hydra", "logger")
 
 def config_hash(cfg: DictConfig) -> str:
     """A short, stable hash of the resolved config minus the keys that do not change the result."""
-    container = OmegaConf.to_container(cfg, resolve=True)
-    for key in _NOT_IDENTITY:
-        container.pop(key, None)
-    return hashlib.sha256(json.dumps(container, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return container_hash(OmegaConf.to_container(cfg, resolve=True))
+
+
+def container_hash(container: dict, leave_out: tuple[str, ...] = ()) -> str:
+    """:func:`config_hash` of a plain config dict, also without the top-level keys ``leave_out``
+    (``("seed",)``: the recipe, the same for every seed of it)."""
+    kept = {k: v for k, v in container.items() if k not in _NOT_IDENTITY and k not in leave_out}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
 def new_run_dir(root: Path = Path("outputs")) -> Path:

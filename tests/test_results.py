@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from ssl_zoo.cli import main
-from ssl_zoo.eval.results import leaderboard, to_markdown
+from ssl_zoo.eval.results import leaderboard, over_seeds, to_markdown
 
 
 def make_run(root: Path, name: str, method: str, knn: float | None, evals: list[dict] = (), wall: float = 60.0,
@@ -84,3 +84,51 @@ def test_results_of_a_missing_folder_is_one_line(tmp_path, capsys):
     assert main(["results", str(tmp_path), "protocol=top"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and all(e.startswith("error:") for e in err) and "protocol" in err[1]
+
+
+def make_seed_run(root: Path, name: str, seed: int, knn: float, random_init: float, lr: float = 0.1) -> Path:
+    run = root / name
+    run.mkdir(parents=True)
+    (run / "run.json").write_text(json.dumps({"config_hash": f"hash-{name}", "method": "swav"}))
+    (run / "config.yaml").write_text(f"method:\n  name: swav\noptimizer:\n  lr: {lr}\nseed: {seed}\n"
+                                     f"hydra:\n  run:\n    dir: {run}\n")
+    (run / "summary.json").write_text(json.dumps({
+        "method": "swav", "backbone": "resnet18", "data": "fashion_mnist", "epochs": 2, "batch_size": 256,
+        "config_hash": f"hash-{name}", "wall_time_s": 60.0 * seed, "knn_top1": knn,
+        "knn_top1_random_init": random_init, "knn_k": 200}))
+    return run
+
+
+@pytest.fixture
+def seed_runs(tmp_path):
+    root = tmp_path / "sweep"
+    make_seed_run(root, "s42", 42, 74.0, 72.0)
+    make_seed_run(root, "s1", 1, 73.0, 74.0)
+    make_seed_run(root, "s2", 2, 75.0, 73.0)
+    make_seed_run(root, "other_lr", 42, 71.0, 72.0, lr=0.2)  # another recipe: its own row
+    return root
+
+
+def test_seeds_mean_folds_the_seeds_of_one_recipe(seed_runs):
+    rows = over_seeds(leaderboard(seed_runs, "monitor"))
+    assert [(r.seeds, r.runs) for r in rows] == [("1 2 42", 3), ("42", 1)]
+    three, one = rows
+    assert three.mean == pytest.approx(74.0) and three.std == pytest.approx(1.0)
+    # gains against each run's own random init: +2, -1, +2
+    assert three.gain_mean == pytest.approx(1.0) and three.gain_min == pytest.approx(-1.0)
+    assert three.wall_time_s == pytest.approx(60.0 * 45 / 3)
+    assert (one.mean, one.std, one.gain_mean) == (71.0, None, -1.0)
+    assert three.recipe != one.recipe
+
+
+def test_seeds_mean_from_the_command(seed_runs, capsys):
+    assert main(["results", str(seed_runs), "seeds=mean", f"csv={seed_runs / 'seeds.csv'}"]) == 0
+    out = capsys.readouterr().out
+    assert "| swav | resnet18 | fashion_mnist | 2 | 256 | monitor knn k=200 | 1 2 42 | 74.00 | 1.00 | +1.00 | -1.00 |" \
+        in out
+    with open(seed_runs / "seeds.csv") as f:
+        table = list(csv.DictReader(f))
+    assert [t["seeds"] for t in table] == ["1 2 42", "42"]
+    assert main(["results", str(seed_runs), "seeds=median"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "seeds" in err and "\n" not in err
