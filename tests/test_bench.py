@@ -57,7 +57,7 @@ def test_arguments_are_typed_and_training_overrides_pass_through():
     bench, overrides = parse_bench_args(["batch_size=64", "precision=auto,32-true", "sweep=all", "workers=null",
                                          "cifar_stem=true", "methods=simclr", "method.temperature=0.5"])
     assert bench.batch_size == 64 and bench.precision == ["auto", "32-true"] and bench.workers is None
-    assert bench.sweep == ["batch", "size", "views", "knn"] and bench.cifar_stem is True
+    assert bench.sweep == ["batch", "size", "views", "knn", "accuracy"] and bench.cifar_stem is True
     assert overrides == ["method.temperature=0.5"]
 
 
@@ -74,10 +74,11 @@ def test_method_overrides_reach_only_the_methods_that_have_the_key():
 
 
 @pytest.mark.parametrize("arg,key", [("steps=0", "steps"), ("batch_size=abc", "batch_size"), ("devic=cpu", "devic"),
-                                     ("methods=nope", "methods"), ("sweep=speed", "sweep"), ("device=tpu", "device")])
+                                     ("methods=nope", "methods"), ("sweep=speed", "sweep"), ("device=tpu", "device"),
+                                     ("accuracy_epochs=0", "accuracy_epochs"), ("sides=ours sweep=accuracy", "sides")])
 def test_bad_argument_names_its_key(arg, key):
     with pytest.raises(ConfigError) as e:
-        parse_bench_args([arg])
+        parse_bench_args(arg.split())
     assert e.value.key == key
 
 
@@ -229,3 +230,23 @@ def test_time_alternated_warms_each_call_up_then_alternates_them():
     order.clear()
     time_alternated({"a": lambda: order.append("a")}, rounds=2, warmup=False)
     assert order == ["a", "a"]
+
+
+@pytest.mark.slow
+def test_accuracy_sweep_trains_both_sides_for_the_same_steps_and_reads_their_knn(monkeypatch):
+    pytest.importorskip("lightly")
+    from ssl_zoo.bench import accuracy, lightly_loop
+
+    warmups = []
+    train_lightly = lightly_loop.train_lightly
+    monkeypatch.setattr(lightly_loop, "train_lightly", lambda *a, **kw: warmups.append((a[6], kw)) or
+                        train_lightly(*a, **kw))
+    bench, overrides = parse_bench_args([*TINY_BENCH, "methods=simclr", "sweep=accuracy", "accuracy_epochs=2",
+                                         "scheduler.warmup_steps=3", "monitor.knn_k=5", *HEADS["simclr"]])
+    table = accuracy.accuracy_table(bench, torch.device("cpu"), overrides, log=lambda m: None)
+    row = [c.strip() for c in table.splitlines()[2].split("|")[1:-1]]
+    assert row[:4] == ["simclr", "32-true", "2", "8"]  # 2 epochs of 32 images in batches of 8
+    assert warmups == [(8, {"lr_warmup_steps": 3})]  # lightly trained as many steps, warmed up as ours
+    for cell in row[4:6] + row[7:9]:
+        assert 0.0 <= float(cell) <= 100.0
+    assert row[6] == f"**{float(row[4]) - float(row[5]):+.2f}**"

@@ -15,7 +15,7 @@ from typing import Optional
 from ssl_zoo.errors import ConfigError, check
 
 SIDES = ("ours", "lightly")
-SWEEPS = ("batch", "size", "views", "knn")
+SWEEPS = ("batch", "size", "views", "knn", "accuracy")
 TRAINING_GROUPS = ("method", "backbone", "augmentation", "optimizer", "scheduler", "data", "trainer", "monitor",
                    "logger", "seed")
 DEFAULT_METHODS = ("simclr", "byol", "moco_v2", "dino")
@@ -41,12 +41,13 @@ class BenchConfig:
     data: str = "fashion_mnist"           # fashion_mnist (served as RGB) or synthetic
     cifar_stem: bool = False              # ResNets: the ImageNet stem of torchvision's resnet18, as lightly's examples
     sides: list[str] = field(default_factory=lambda: list(SIDES))
-    sweep: list[str] = field(default_factory=list)  # any of batch, size, views, knn; or all
+    sweep: list[str] = field(default_factory=list)  # any of batch, size, views, knn, accuracy; or all
     sweep_method: str = "simclr"
     batch_sizes: list[int] = field(default_factory=lambda: [64, 128, 256, 512, 1024])
     image_sizes: list[int] = field(default_factory=lambda: [32, 64, 96, 224])
     knn_sizes: list[int] = field(default_factory=lambda: [1000, 10000, 60000])
     knn_test_size: int = 1000
+    accuracy_epochs: int = 2              # sweep=accuracy: epochs each side trains each method before its kNN
     out: Optional[str] = None             # also write the Markdown tables to this file
 
     def validate(self) -> None:
@@ -65,6 +66,9 @@ class BenchConfig:
         for key in ("batch_sizes", "image_sizes", "knn_sizes"):
             check(all(v >= 1 for v in getattr(self, key)), key, getattr(self, key), "a list of integers >= 1")
         check(self.knn_test_size >= 1, "knn_test_size", self.knn_test_size, "an integer >= 1")
+        check(self.accuracy_epochs >= 1, "accuracy_epochs", self.accuracy_epochs, "an integer >= 1")
+        check("accuracy" not in self.sweep or set(self.sides) == set(SIDES), "sides", self.sides,
+              "both sides (the default) with sweep=accuracy: it compares them")
         check(len(self.methods) >= 1, "methods", self.methods, "a list of registered methods")
         from ssl_zoo.bench.lightly_loop import RECIPES
         from ssl_zoo.methods import METHODS
@@ -114,7 +118,7 @@ def _parse(name: str, kind: str, text: str):
 _KINDS = {"methods": "list", "precision": "list", "sides": "list", "sweep": "list", "batch_sizes": "list_int",
           "image_sizes": "list_int", "knn_sizes": "list_int", "workers": "optional_int", "cifar_stem": "bool",
           "out": "optional_str", "batch_size": "int", "image_size": "int", "steps": "int", "rounds": "int",
-          "warmup": "int", "knn_test_size": "int"}
+          "warmup": "int", "knn_test_size": "int", "accuracy_epochs": "int"}
 
 
 def parse_bench_args(args: list[str]) -> tuple[BenchConfig, list[str]]:

@@ -279,15 +279,25 @@ def autocast(device: torch.device, precision: str):
 def run_block(cfg: DictConfig, base: Dataset, device: torch.device, precision: str, warmup: int, steps: int,
               workers: int) -> Block:
     """Train a fresh lightly model for ``warmup + steps`` steps on ``base`` (PIL images) and time them."""
+    torch.manual_seed(int(cfg.seed))  # the model's initial weights
+    return train_lightly(RECIPES[cfg.method.name](cfg, warmup + steps), cfg, base, device, precision, warmup,
+                         steps, workers)
+
+
+def train_lightly(recipe: Recipe, cfg: DictConfig, base: Dataset, device: torch.device, precision: str, warmup: int,
+                  steps: int, workers: int, lr_warmup_steps: int | None = None) -> Block:
+    """Train ``recipe.model`` (in place) for ``warmup + steps`` steps on ``base`` and time them; the lr warms
+    up over ``lr_warmup_steps`` (a tenth of the steps when None, as lightly's examples) then decays as a cosine."""
     import_lightly()
     from lightly.utils.scheduler import CosineWarmupScheduler
 
     torch.manual_seed(int(cfg.seed))
     total = warmup + steps
-    recipe = RECIPES[cfg.method.name](cfg, total)
     model = recipe.model.to(device)
     optimizer = build_optimizer(cfg, model)
-    scheduler = CosineWarmupScheduler(optimizer, warmup_epochs=max(1, total // 10), max_epochs=total)
+    # lightly's schedule refuses a warm-up longer than the run (ours warns and warms up over the whole run)
+    lr_warmup = max(1, total // 10) if lr_warmup_steps is None else min(max(1, lr_warmup_steps), total)
+    scheduler = CosineWarmupScheduler(optimizer, warmup_epochs=lr_warmup, max_epochs=total)
     scaler = torch.amp.GradScaler(device.type) if precision == "16-mixed" else None
     loader = DataLoader(TransformedDataset(base, recipe.transform), batch_size=int(cfg.data.batch_size),
                         shuffle=True, drop_last=True, num_workers=workers, pin_memory=device.type == "cuda")

@@ -195,6 +195,11 @@ def run_bench(bench: BenchConfig, overrides: list[str], log=None) -> str:
         from ssl_zoo.bench.knn_cost import knn_table
 
         parts.append("### kNN monitor against bank size\n\n" + knn_table(bench, device, overrides, log))
+    if "accuracy" in bench.sweep:
+        from ssl_zoo.bench.accuracy import accuracy_table
+
+        parts.append(f"### kNN after {bench.accuracy_epochs} epochs, the same recipe on both sides\n\n"
+                     + accuracy_table(bench, device, overrides, log))
     few = bench.rounds * bench.steps < 10
     parts.append(f"total {time.time() - started:.0f} s" + (" -- fewer than 10 measured steps per side: a smoke "
                                                             "run, not a measurement" if few else ""))
