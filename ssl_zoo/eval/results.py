@@ -32,13 +32,19 @@ _HEADLINE_ORDER = ("linear", "finetune", "knn", "fewshot", "monitor")
 
 
 @dataclass
-class Row:
+class Described:
+    """What a leaderboard row describes: the first columns of every table."""
+
     method: str
     backbone: str
     data: str
     epochs: int | None
     batch: int | None
     protocol: str
+
+
+@dataclass
+class Row(Described):
     metric: float | None  # top-1 accuracy in percent
     wall_time_s: float | None
     config_hash: str
@@ -158,15 +164,9 @@ def leaderboard(root: Path, protocol: str = "best") -> list[Row]:
 
 
 @dataclass
-class SeedRow:
+class SeedRow(Described):
     """The runs of one recipe (same config but for the seed) and one protocol, folded together."""
 
-    method: str
-    backbone: str
-    data: str
-    epochs: int | None
-    batch: int | None
-    protocol: str
     seeds: str  # space-separated, as run ("?" for a run whose config is missing)
     runs: int
     mean: float | None  # top-1 % over the runs that have a figure
