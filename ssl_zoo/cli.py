@@ -11,7 +11,8 @@
     ssl-zoo results [outputs/] [protocol=all|best|knn|...] [seeds=each|mean] [csv=<file>]
                                           leaderboard of every run found (Markdown printed, CSV written)
     ssl-zoo bench [key=value ...]         training speed, ours against lightly's building blocks, as
-                                          Markdown (device=cuda sweep=all; see BENCHMARKS.md)
+                                          Markdown (device=cuda sweep=all; sweep=accuracy: kNN at equal
+                                          epochs; see BENCHMARKS.md)
     ssl-zoo list                          every config group and its choices
 
 Bad input (an unknown choice or key, a wrong type, an impossible value, a missing data set or
