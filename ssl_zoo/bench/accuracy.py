@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, open_dict
 
 from ssl_zoo.eval.knn import knn_accuracy
 
@@ -59,12 +59,6 @@ def accuracy_config(method: str, bench, precision: str, device: torch.device, ov
     return cfg
 
 
-def _data(cfg: DictConfig):
-    from ssl_zoo.data.config import DataConfig
-
-    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(DataConfig), cfg.data))
-
-
 def train_ours(cfg: DictConfig) -> tuple[float, float, float, int]:
     """(kNN top-1 trained, at random init, wall seconds, steps) of our run on ``cfg``."""
     from ssl_zoo.train import train
@@ -85,27 +79,14 @@ def lightly_eval_transform(image_size: int):
                                                                        IMAGENET_NORMALIZE["std"])])
 
 
-@torch.no_grad()
-def knn_top1(backbone: torch.nn.Module, cfg: DictConfig, transform, device: torch.device, precision: str) -> float:
-    """The kNN monitor's top-1 of ``backbone`` on the run's bank and test images seen through ``transform``."""
+def knn_top1(backbone: torch.nn.Module, loaders: dict, cfg: DictConfig, device: torch.device, precision: str) -> float:
+    """The kNN monitor's top-1 of ``backbone`` on the run's bank and test loaders (``split_loaders``)."""
     from ssl_zoo.bench.lightly_loop import autocast
-    from ssl_zoo.data.datamodule import SSLDataModule
+    from ssl_zoo.eval.features import extract
 
-    data = _data(cfg)
-    module = SSLDataModule(data, transform, transform, seed=int(cfg.seed))
-    was_training = backbone.training
-    backbone.eval()
-    parts = []
-    for loader in module.val_dataloader():
-        feats, labels = [], []
-        for images, y in loader:
-            with autocast(device, precision):
-                feats.append(backbone(images.to(device)).float().flatten(1))
-            labels.append(y.to(device))
-        parts.append((torch.cat(feats), torch.cat(labels)))
-    backbone.train(was_training)
-    (bank, bank_labels), (test, test_labels) = parts
-    return knn_accuracy(bank, bank_labels, test, test_labels, data.num_classes, int(cfg.monitor.knn_k),
+    with autocast(device, precision):
+        (bank, bank_labels), (test, test_labels) = (extract(backbone, loaders[s], device) for s in ("train", "test"))
+    return knn_accuracy(bank, bank_labels, test, test_labels, int(cfg.data.num_classes), int(cfg.monitor.knn_k),
                         float(cfg.monitor.knn_temperature))[1]
 
 
@@ -119,22 +100,24 @@ def train_lightly_side(cfg: DictConfig, device: torch.device, precision: str, st
                        workers: int) -> tuple[float, float, float]:
     """(kNN top-1 trained, at random init, wall seconds) of lightly's loop trained ``steps`` steps."""
     from ssl_zoo.bench.lightly_loop import RECIPES, train_lightly
+    from ssl_zoo.config import typed_group
+    from ssl_zoo.data.config import DataConfig
     from ssl_zoo.data.datasets import build_datasets
+    from ssl_zoo.eval.features import split_loaders
     from ssl_zoo.optim import warmup_steps_of
     from ssl_zoo.optim.config import SchedulerConfig
 
-    base = build_datasets(_data(cfg)).train
+    data = typed_group(cfg, "data", DataConfig)
+    base = build_datasets(data).train
     torch.manual_seed(int(cfg.seed))
     recipe = RECIPES[cfg.method.name](cfg, steps)
     model = recipe.model.to(device)
     started = time.time()  # from here as ours: both kNN readings and the training
-    transform = lightly_eval_transform(int(cfg.data.image_size))
-    random_init = knn_top1(eval_backbone(model), cfg, transform, device, precision)
-    scheduler = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(SchedulerConfig), cfg.scheduler))
-    per_epoch = len(base) // int(cfg.data.batch_size)
-    train_lightly(recipe, cfg, base, device, precision, 0, steps, workers,
-                  lr_warmup_steps=warmup_steps_of(scheduler, per_epoch))
-    trained = knn_top1(eval_backbone(model), cfg, transform, device, precision)
+    loaders = split_loaders(data, int(cfg.seed), lightly_eval_transform(data.image_size))
+    random_init = knn_top1(eval_backbone(model), loaders, cfg, device, precision)
+    lr_warmup = warmup_steps_of(typed_group(cfg, "scheduler", SchedulerConfig), len(base) // data.batch_size)
+    train_lightly(recipe, cfg, base, device, precision, 0, steps, workers, lr_warmup_steps=lr_warmup)
+    trained = knn_top1(eval_backbone(model), loaders, cfg, device, precision)
     return trained, random_init, time.time() - started
 
 

@@ -58,16 +58,15 @@ def lightly_knn_top1(bank: torch.Tensor, bank_labels: torch.Tensor, test: torch.
 
 
 def knn_table(bench, device: torch.device, overrides: list[str], log, repeats: int = 3) -> str:
-    from omegaconf import OmegaConf
-
     from ssl_zoo.backbones import build_backbone
     from ssl_zoo.bench.ours import compose_run
+    from ssl_zoo.config import typed_group
     from ssl_zoo.data.config import DataConfig
     from ssl_zoo.data.datasets import build_datasets
     from ssl_zoo.transforms import build_eval_transform
 
     cfg = compose_run(bench.sweep_method, bench, bench.batch_size, bench.image_size, "32-true", device, overrides)
-    data = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(DataConfig), cfg.data))
+    data = typed_group(cfg, "data", DataConfig)
     splits = build_datasets(data)
     transform = build_eval_transform(data.image_size, data.mean, data.std, data.channels)
     backbone, _ = build_backbone(cfg.backbone, data.image_size, data.channels)

@@ -52,6 +52,7 @@ def measure_row(row: Row, bench: BenchConfig, device: torch.device, overrides: l
     """Both sides of ``row``, alternated ``bench.rounds`` times (ours first in odd rounds, lightly first in
     even ones), so drifts of a shared machine's load fall on both."""
     from ssl_zoo.bench import lightly_loop, ours
+    from ssl_zoo.config import typed_group
     from ssl_zoo.data.config import DataConfig
     from ssl_zoo.data.datasets import build_datasets
     from ssl_zoo.precision import resolve_precision
@@ -63,9 +64,7 @@ def measure_row(row: Row, bench: BenchConfig, device: torch.device, overrides: l
     row.backbone = cfg.backbone.name + (f"/{cfg.backbone.patch_size}" if "vit" in cfg.backbone.name else "")
     for side in bench.sides:
         row.results[side] = SideResult(row.batch_size, row.views)
-    from omegaconf import OmegaConf
-
-    data = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(DataConfig), cfg.data))
+    data = typed_group(cfg, "data", DataConfig)
     for r in range(bench.rounds):
         order = bench.sides if r % 2 == 0 else list(reversed(bench.sides))
         for side in order:
