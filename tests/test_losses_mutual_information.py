@@ -34,16 +34,16 @@ def cpc_reference(predictions, latents, first_step, candidates, offset):
     return sum(per_step) / len(per_step)
 
 
-def scores_reference(g, local, clip, penalty):
+def scores_reference(g, local, clip, penalty, scale=1.0):
     n, (m, length, _) = g.shape[0], local.shape
-    raw = [[[float(g[a] @ local[b, loc]) for loc in range(length)] for b in range(m)] for a in range(n)]
+    raw = [[[scale * float(g[a] @ local[b, loc]) for loc in range(length)] for b in range(m)] for a in range(n)]
     reg = penalty * sum(v * v for a in raw for b in a for v in b) / (n * m * length)
     clipped = [[[clip * math.tanh(v / clip) if clip else v for v in row] for row in a] for a in raw]
     return clipped, reg
 
 
-def nce_reference(g, local, positive, clip, penalty):
-    s, reg = scores_reference(g, local, clip, penalty)
+def nce_reference(g, local, positive, clip, penalty, scale=1.0):
+    s, reg = scores_reference(g, local, clip, penalty, scale)
     n, m, length = g.shape[0], local.shape[0], local.shape[1]
     terms = []
     for a in range(n):
@@ -55,8 +55,8 @@ def nce_reference(g, local, positive, clip, penalty):
     return sum(terms) / len(terms) + reg
 
 
-def jsd_reference(g, local, positive, clip, penalty):
-    s, reg = scores_reference(g, local, clip, penalty)
+def jsd_reference(g, local, positive, clip, penalty, scale=1.0):
+    s, reg = scores_reference(g, local, clip, penalty, scale)
     pos_terms, neg_terms = [], []
     for a in range(g.shape[0]):
         for b in range(local.shape[0]):
@@ -100,14 +100,15 @@ def test_cpc_info_nce_is_near_zero_when_predictions_single_out_their_targets():
     assert cpc_info_nce([target], latents, 1).item() < 1e-6
 
 
-@pytest.mark.parametrize("clip,penalty", [(20.0, 4e-2), (None, 0.0), (2.0, 0.5)])
+@pytest.mark.parametrize("clip,penalty,scale", [(20.0, 4e-2, 1.0), (None, 0.0, 1.0), (2.0, 0.5, 1.0),
+                                                (20.0, 4e-2, 6 ** -0.5), (1.0, 0.1, 3.0)])
 @pytest.mark.parametrize("estimator,reference", [(local_global_nce, nce_reference), (local_global_jsd, jsd_reference)])
-def test_local_global_estimators_match_loops(estimator, reference, clip, penalty):
+def test_local_global_estimators_match_loops(estimator, reference, clip, penalty, scale):
     g = torch.randn(3, 6, dtype=torch.float64) * 2
     local = torch.randn(3, 4, 6, dtype=torch.float64) * 2
     positive = [0, 1, 2]
-    got = estimator(g, local, clip=clip, penalty=penalty)
-    assert got.item() == pytest.approx(reference(g, local, positive, clip, penalty), rel=1e-10)
+    got = estimator(g, local, clip=clip, penalty=penalty, scale=scale)
+    assert got.item() == pytest.approx(reference(g, local, positive, clip, penalty, scale), rel=1e-10)
 
 
 @pytest.mark.parametrize("estimator,reference", [(local_global_nce, nce_reference), (local_global_jsd, jsd_reference)])

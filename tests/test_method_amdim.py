@@ -31,7 +31,21 @@ def test_loss_averages_both_directions_over_every_location_of_the_last_map(estim
         g1, l1, _ = model.embed(x1)
         g2, l2, _ = model.embed(x2)
     assert l1.shape == (8, fmap.shape[2] * fmap.shape[3], 16) and g1.shape == (8, 16)
-    expected = (loss_fn(g1, l2, clip=20.0, penalty=0.04) + loss_fn(g2, l1, clip=20.0, penalty=0.04)) / 2
+    kw = dict(clip=20.0, penalty=0.04, scale=16 ** -0.5)  # the tiny config's 16-d embeddings
+    expected = (loss_fn(g1, l2, **kw) + loss_fn(g2, l1, **kw)) / 2
+    assert out.loss.item() == pytest.approx(expected.item(), rel=1e-4)
+
+
+def test_unscaled_scores_are_the_plain_dot_products():
+    torch.manual_seed(0)
+    model = build("method.scale_scores=false")
+    x1, x2 = torch.randn(8, 3, 16, 16), torch.randn(8, 3, 16, 16)
+    out = model.step([x1, x2], torch.arange(8))
+    with torch.no_grad():
+        g1, l1, _ = model.embed(x1)
+        g2, l2, _ = model.embed(x2)
+    kw = dict(clip=20.0, penalty=0.04)
+    expected = (local_global_nce(g1, l2, **kw) + local_global_nce(g2, l1, **kw)) / 2
     assert out.loss.item() == pytest.approx(expected.item(), rel=1e-4)
 
 

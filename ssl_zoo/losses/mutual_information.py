@@ -56,13 +56,15 @@ def cpc_info_nce(predictions: Sequence[Tensor], latents: Tensor, first_step: int
 
 
 def _local_global_scores(global_features: Tensor, local_features: Tensor, clip: float | None,
-                         penalty: float) -> tuple[Tensor, Tensor]:
-    """Scores [N, M, L] of every global vector against every location of every candidate image, soft
-    clipped; and the squared-score penalty computed on the raw scores."""
+                         penalty: float, scale: float) -> tuple[Tensor, Tensor]:
+    """Scores [N, M, L] of every global vector against every location of every candidate image, scaled
+    and soft clipped; and the squared-score penalty computed on the scaled scores before the clip."""
     if global_features.dim() != 2 or local_features.dim() != 3 or global_features.shape[1] != local_features.shape[2]:
         raise ValueError("global_features must be [N, D] and local_features [M, L, D], got "
                          f"{tuple(global_features.shape)} and {tuple(local_features.shape)}")
     raw = torch.einsum("nd,mld->nml", global_features, local_features.to(global_features.dtype))
+    if scale != 1.0:
+        raw = raw * scale
     reg = penalty * raw.pow(2).mean() if penalty else raw.new_zeros(())
     scores = clip * torch.tanh(raw / clip) if clip else raw
     return scores, reg
@@ -79,15 +81,16 @@ def _positive_mask(positive: Tensor | None, n: int, m: int, device) -> Tensor:
 
 
 def local_global_nce(global_features: Tensor, local_features: Tensor, positive: Tensor | None = None,
-                     clip: float | None = 20.0, penalty: float = 0.0) -> Tensor:
+                     clip: float | None = 20.0, penalty: float = 0.0, scale: float = 1.0) -> Tensor:
     """AMDIM's local-global InfoNCE (Bachman, Hjelm & Buchwalter 2019, sec. 3.1 and 3.4).
 
     ``global_features`` [N, D]: one vector per image of one view; ``local_features`` [M, L, D]: the
     L locations of the feature map of the other view of M candidate images; ``positive`` [N]: the
-    candidate row holding image n's own locals (default ``arange(N)``, M = N). Scores are dot
-    products s(n, m, l) = g_n · l_{m,l}; the penalty ``penalty`` · mean(s²) over all raw scores keeps
-    them small, then s is soft-clipped to ``clip`` · tanh(s / ``clip``) (AMDIM: weight 4e-2, clip 20;
-    ``clip=None`` or 0 leaves the scores as they are).
+    candidate row holding image n's own locals (default ``arange(N)``, M = N). Scores are scaled dot
+    products s(n, m, l) = ``scale`` · g_n · l_{m,l} (AMDIM's code scales by 1/sqrt(D)); the penalty
+    ``penalty`` · mean(s²) over all of them keeps them small, then s is soft-clipped to
+    ``clip`` · tanh(s / ``clip``) (AMDIM: weight 4e-2, clip 20; ``clip=None`` or 0 leaves the scores
+    as they are).
 
     Every location l of image n's own map is one positive: it is classified against every location
     of every other candidate image,
@@ -97,7 +100,7 @@ def local_global_nce(global_features: Tensor, local_features: Tensor, positive: 
     averaged over n and l. Returned: that mean plus the penalty.
     """
     n, m, length = global_features.shape[0], local_features.shape[0], local_features.shape[1]
-    scores, reg = _local_global_scores(global_features, local_features, clip, penalty)
+    scores, reg = _local_global_scores(global_features, local_features, clip, penalty, scale)
     pos_mask = _positive_mask(positive, n, m, scores.device)
     pos = scores[pos_mask]                                                          # [N, L]
     if m == 1:  # no negative: every positive is the only candidate, log 1 = 0
@@ -109,10 +112,10 @@ def local_global_nce(global_features: Tensor, local_features: Tensor, positive: 
 
 
 def local_global_jsd(global_features: Tensor, local_features: Tensor, positive: Tensor | None = None,
-                     clip: float | None = 20.0, penalty: float = 0.0) -> Tensor:
+                     clip: float | None = 20.0, penalty: float = 0.0, scale: float = 1.0) -> Tensor:
     """DIM's Jensen-Shannon local-global estimator (Hjelm et al. 2018, eq. 4), as a loss.
 
-    Shapes, scores, ``positive``, ``clip`` and ``penalty`` as :func:`local_global_nce`. Pairs of an
+    Shapes, scores, ``positive``, ``clip``, ``penalty`` and ``scale`` as :func:`local_global_nce`. Pairs of an
     image's global vector with its own locations are drawn from the joint, pairs with other images'
     locations from the product of marginals; the loss is the negated JSD bound,
 
@@ -122,7 +125,7 @@ def local_global_jsd(global_features: Tensor, local_features: Tensor, positive: 
     M = 1), plus the penalty.
     """
     n, m = global_features.shape[0], local_features.shape[0]
-    scores, reg = _local_global_scores(global_features, local_features, clip, penalty)
+    scores, reg = _local_global_scores(global_features, local_features, clip, penalty, scale)
     pos_mask = _positive_mask(positive, n, m, scores.device)[:, :, None].expand_as(scores)
     loss = F.softplus(-scores[pos_mask]).mean()
     if m > 1:

@@ -7,7 +7,7 @@ Buchwalter 2019), on top of DIM: Deep InfoMax (Hjelm et al. 2018).
         m2, h2 = f(x2)
         g1, g2 = emb_g(h1), emb_g(h2)                      # global embeddings [N, D]     (1x1 conv heads)
         l1, l2 = emb_l(m1), emb_l(m2)                      # local embeddings [N, h·w, D]
-        s = g · l                                          # scores of every global against every location
+        s = g · l / sqrt(D)                                # scores of every global against every location
         loss = est(g1, l2) + est(g2, l1)                   # estimator: nce (AMDIM) or jsd (DIM), averaged
                + 4e-2 · mean(s²)                           # inside est: squared-score penalty on raw scores,
                                                            # then soft clip s ← 20 · tanh(s / 20)
@@ -45,6 +45,7 @@ class AMDIMConfig(MethodConfig):
     hidden_dim: int = 1024
     score_penalty: float = 4e-2
     score_clip: float = 20.0  # 0: no clipping
+    scale_scores: bool = True  # scores divided by sqrt(embed_dim) before penalty and clip (AMDIM's code)
     local_stage: int = 4  # the ResNet stage (1-4) whose map gives the local features; 4 (the last) for a ViT
 
     def validate(self, prefix: str = "method") -> None:
@@ -83,8 +84,9 @@ class AMDIM(Method):
         """The estimator of globals ``g`` against the locals of every rank; image n's own at offset + n."""
         offset = sum(gather_sizes(local)[:rank()])
         positive = torch.arange(g.shape[0], device=g.device) + offset
+        scale = self.hp.embed_dim ** -0.5 if self.hp.scale_scores else 1.0
         return self.estimator(g, gather_with_grad(local), positive, clip=self.hp.score_clip or None,
-                              penalty=self.hp.score_penalty)
+                              penalty=self.hp.score_penalty, scale=scale)
 
     def step(self, views, index) -> StepOutput:
         g1, l1, h1 = self.embed(views[0])
