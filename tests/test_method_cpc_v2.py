@@ -12,6 +12,7 @@ from ssl_zoo.cli import compose
 from ssl_zoo.config import validate_config
 from ssl_zoo.errors import ConfigError
 from ssl_zoo.heads.masked_context import MaskedContextNetwork
+from ssl_zoo.losses.mutual_information import cpc_info_nce
 from ssl_zoo.methods import METHODS
 from ssl_zoo.methods.cpc_v2 import patch_grid
 
@@ -76,3 +77,34 @@ def test_four_directions_each_have_a_loss_and_all_learn():
     for d in range(4):
         assert model.predictors[d].weight.grad.abs().sum() > 0
         assert model.context[d].inp.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("extra,target_dim,scale", [
+    ([], 16, 0.1),                                              # the tiny settings' 16-d targets
+    (["method.target_dim=0", "method.emb_scale=1"], None, 1.0),  # CPC v1: the latents themselves
+])
+def test_each_direction_scores_scaled_predictions_against_its_targets(extra, target_dim, scale):
+    torch.manual_seed(0)
+    model = build("method.directions=1", *extra)
+    x = torch.randn(4, 3, 16, 16)
+    out = model.step([x], torch.arange(4))
+    with torch.no_grad():
+        z = model.latents(x)
+        dim = target_dim or model.feature_dim
+        # the paper's appendix: targets = 1x1 conv of the latents (or the latents themselves, CPC v1)
+        t = model.targets[0](z.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        assert t.shape == (4, 3, 3, dim)
+        if target_dim is None:
+            torch.testing.assert_close(t, z)
+        preds = model.predictors[0](model.context[0](z.permute(0, 3, 1, 2))).reshape(4, 2, dim, 3, 3)
+        preds = preds.permute(1, 0, 3, 4, 2) * scale
+        expected = cpc_info_nce(list(preds), t, 1)
+    assert out.loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_the_papers_recipe_predicts_three_rows_ahead_only():
+    cfg = compose(["method=cpc_v2"])
+    hp = validate_config(cfg)["method"]
+    assert (hp.first_step, hp.prediction_steps, hp.target_dim, hp.emb_scale) == (3, 3, 64, 0.1)
+    with pytest.raises(ConfigError, match="method.prediction_steps"):
+        build("method.first_step=3", "method.prediction_steps=3")  # a 3-row grid has no row 3 ahead

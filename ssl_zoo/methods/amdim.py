@@ -19,10 +19,11 @@ Ours: one local scale, the map of ResNet stage ``local_stage`` (4, the last, by 
 tokens), against the global average pool of the last map (local-global "1-to-h·w" across views); AdamW
 without weight decay. As in AMDIM's code (amdim-public, ``costs.py``), the dot products are divided by
 sqrt(D) before the penalty and the clip (``scale_scores``): unscaled, 1024-d scores sit far out on the
-tanh clip, whose gradient vanishes there. At 32 px with the ImageNet stem the last map is 1x1, which makes the objective a
-global-global one; ``local_stage=2`` gives a 4x4 map there, the nearest to the paper's 1-5. DIM's JSD
-estimator is ``estimator=jsd`` (same scores, penalty and clip). Evaluation reads the pooled backbone
-features. With data parallelism the local embeddings of every rank are the negatives.
+tanh clip, whose gradient vanishes there. At 32 px with the ImageNet stem the last map is 1x1, which
+makes the objective a global-global one; ``local_stage=2`` gives a 4x4 map there, the nearest to the
+paper's 1-5. DIM's JSD estimator is ``estimator=jsd`` (same scores, penalty and clip). Evaluation
+reads the pooled backbone features. With data parallelism the local embeddings of every rank are the
+negatives.
 """
 
 from __future__ import annotations

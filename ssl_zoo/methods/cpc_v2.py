@@ -6,9 +6,10 @@ top of CPC (Oord, Li & Vinyals 2018).
         z = mean_pool(f(patches))                         # the backbone on every patch: latents [N, G, G, D]
         for each of the four directions (z rotated by 0, 90, 180, 270 degrees):
             c = g_ar(z)                                   # masked (PixelCNN) context net, causal over rows
-            for k in first_step .. prediction_steps:
-                ẑ[i + k, j] = W_k c[i, j]                 # linear prediction of the latent k rows below
-                loss += info_nce(ẑ, z[i + k, j], negatives = every other patch latent of the batch)
+            t = T z                                       # targets: a 1x1 conv of the latents to 64-d
+            for k in first_step .. prediction_steps:      # CPC v2: k = 3 only (rows 1 and 2 skipped)
+                ẑ[i + k, j] = 0.1 · W_k c[i, j]           # scaled linear prediction of the target k rows below
+                loss += info_nce(ẑ, t[i + k, j], negatives = every other patch target of the batch)
 
 Evaluation (``forward``) cuts the same grid from an image, encodes every patch and returns the mean of
 the patch latents over the grid [N, D], the spatially pooled latents the paper's linear classifier reads.
@@ -16,8 +17,13 @@ the patch latents over the grid [N, D], the spatially pooled latents the paper's
 Recipe (ImageNet): images cut into a 7 x 7 grid of 64 px patches with a 32 px stride (50% overlap);
 ResNet-161 patch encoder with layer normalisation instead of batch normalisation (batch statistics
 link the patches of an image and let the encoder solve the task trivially); predictions in all four
-directions; patch-wise augmentation (colour dropping, flips, random crops); Adam; 71.5% linear top-1.
-CPC v1 predicts up to 5 rows below. Ours: the grid is ``grid_size`` x ``grid_size`` patches of
+directions; patch-wise augmentation (colour dropping, flips, random crops); Adam; 71.5% linear top-1. The paper's
+pseudo-code (appendix A.2) scores predictions against targets, not the latents themselves: a 1x1
+convolution maps the latents to 64-d targets, the predictions (also 64-d) are scaled by 0.1 before the
+dot product, and only the latents 3 rows below are predicted (``steps_to_ignore=2, steps_to_predict=3``):
+with 50% overlap the patches 1 and 2 rows below share pixels with the context's own rows. CPC v1
+predicts up to 5 rows below from the raw latents: ``target_dim=0 emb_scale=1 first_step=1
+prediction_steps=5``. Ours: the grid is ``grid_size`` x ``grid_size`` patches of
 ``patch_size`` px (default: 50% overlap, 2H / (G + 1) px, e.g. 8 px at 32 px and G = 7); the patch
 encoder is the configured backbone with ``encoder_norm=layer`` replacing every BatchNorm2d by a
 GroupNorm with one group (layer norm over C, H, W); one context network and one set of predictors
@@ -68,9 +74,11 @@ class CPCv2Config(MethodConfig):
     name: str = "cpc_v2"
     grid_size: int = 7
     patch_size: Optional[int] = None  # px; null: 50% overlap, 2 * image_size / (grid_size + 1)
-    prediction_steps: int = 5         # K: predict rows i + first_step .. i + K
-    first_step: int = 1
+    prediction_steps: int = 3         # K: predict rows i + first_step .. i + K
+    first_step: int = 3
     directions: int = 4               # 1: top to bottom only; 4: also bottom-up, left-right, right-left
+    target_dim: int = 64              # a 1x1 conv maps the latents to targets of this width; 0: the latents
+    emb_scale: float = 0.1            # predictions are multiplied by this before the dot product
     context_dim: int = 512
     context_blocks: int = 5
     encoder_norm: str = "layer"
@@ -84,6 +92,8 @@ class CPCv2Config(MethodConfig):
               self.prediction_steps, f"an integer in [method.first_step={self.first_step}, "
               f"method.grid_size - 1={self.grid_size - 1}]")
         check(self.directions in (1, 4), f"{prefix}.directions", self.directions, "1 or 4")
+        check(self.target_dim >= 0, f"{prefix}.target_dim", self.target_dim, "an integer >= 0 (0: the latents)")
+        check(self.emb_scale > 0, f"{prefix}.emb_scale", self.emb_scale, "a number > 0")
         check(self.context_dim >= 1, f"{prefix}.context_dim", self.context_dim, "an integer >= 1")
         check(self.context_blocks >= 0, f"{prefix}.context_blocks", self.context_blocks, "an integer >= 0")
         check(self.encoder_norm in NORMS, f"{prefix}.encoder_norm", self.encoder_norm, "one of: " + ", ".join(NORMS))
@@ -118,8 +128,12 @@ class CPCv2(Method):
         self.steps = hp.prediction_steps - hp.first_step + 1
         self.context = nn.ModuleList(MaskedContextNetwork(self.feature_dim, hp.context_dim, hp.context_blocks)
                                      for _ in range(hp.directions))
-        # W_k for every step, as one 1x1 convolution per direction: [B, ctx, G, G] -> [B, steps * D, G, G]
-        self.predictors = nn.ModuleList(nn.Conv2d(hp.context_dim, self.steps * self.feature_dim, 1)
+        # T: latents to targets, one 1x1 convolution per direction (the latents as they are with target_dim=0)
+        self.target_dim = hp.target_dim or self.feature_dim
+        self.targets = nn.ModuleList(nn.Conv2d(self.feature_dim, hp.target_dim, 1) if hp.target_dim else nn.Identity()
+                                     for _ in range(hp.directions))
+        # W_k for every step, as one 1x1 convolution per direction: [B, ctx, G, G] -> [B, steps * T, G, G]
+        self.predictors = nn.ModuleList(nn.Conv2d(hp.context_dim, self.steps * self.target_dim, 1)
                                         for _ in range(hp.directions))
 
     def latents(self, x: torch.Tensor) -> torch.Tensor:
@@ -135,14 +149,16 @@ class CPCv2(Method):
 
     def direction_loss(self, d: int, z: torch.Tensor) -> torch.Tensor:
         """InfoNCE of direction ``d``: the grid rotated by d·90°, so "rows below" become that direction."""
-        z = torch.rot90(z, d, dims=(1, 2))
-        n, g, _, dim = z.shape
-        context = self.context[d](z.permute(0, 3, 1, 2))
-        preds = self.predictors[d](context).reshape(n, self.steps, dim, g, g).permute(1, 0, 3, 4, 2)
-        flat = z.reshape(-1, dim)
+        z = torch.rot90(z, d, dims=(1, 2)).permute(0, 3, 1, 2)  # [N, D, G, G]
+        n, _, g, _ = z.shape
+        t = self.targets[d](z).permute(0, 2, 3, 1)              # targets [N, G, G, T]
+        context = self.context[d](z)
+        preds = self.predictors[d](context).reshape(n, self.steps, self.target_dim, g, g).permute(1, 0, 3, 4, 2)
+        preds = preds * self.hp.emb_scale
+        flat = t.reshape(-1, self.target_dim)
         sizes = gather_sizes(flat)  # negatives: every patch of every rank; this rank's rows start at offset
         candidates = gather_with_grad(flat)
-        return cpc_info_nce(list(preds), z, self.hp.first_step, candidates, offset=sum(sizes[:rank()]))
+        return cpc_info_nce(list(preds), t, self.hp.first_step, candidates, offset=sum(sizes[:rank()]))
 
     def step(self, views, index) -> StepOutput:
         z = self.latents(views[0])
