@@ -14,6 +14,9 @@ batch 512, 100 epochs; the predictor keeps its initial lr (``fixed_predictor_lr`
 "fixed lr for h" ablation and the official default). Projector layers 2048 wide, output BN without
 affine parameters, as the official code. ``pred_lr_scale`` (1, the paper's, by default) multiplies the
 predictor's lr, as BYOL's option of the same name: not part of the paper's recipe.
+Deviations from the official code: its encoder starts with the last BN of each residual block at zero
+(``zero_init_residual``; ours: ``backbone.zero_init_residual``, off by default for every method), and
+its projector's hidden width is the encoder's (512 for a ResNet-18; ours 2048, ``proj_hidden_dim``).
 """
 
 from __future__ import annotations

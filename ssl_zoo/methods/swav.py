@@ -12,7 +12,9 @@
 Recipe (ImageNet, ResNet-50, 75.3% linear top-1 after 800 epochs): 2x224 + 6x96 crops, batch 4096,
 LARS (on every parameter) lr 4.8 (0.3 x B/256) with 10 warm-up epochs from 0.3 and cosine to 0.0048,
 wd 1e-6, T=0.1, K=3000 prototypes, head 2048-128, ε=0.05, 3 Sinkhorn iterations, prototypes frozen for
-313 iterations (one epoch). Small batches (256) add a queue of 3840 embeddings from epoch 15.
+313 iterations (one ImageNet epoch at batch 4096; its batch-256 script freezes for 5005, again one epoch:
+about one epoch of the data at hand is the intent). Small batches (256) add a queue of 3840 embeddings
+from epoch 15.
 
 Deviations: the queue holds the embeddings of every rank (gathered, identical on all ranks, so rank 0's
 checkpoint restores it whole); each rank feeds an interleaved slice of it to the distributed Sinkhorn,
