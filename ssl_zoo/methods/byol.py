@@ -9,7 +9,10 @@
         θ' ← τ θ' + (1 - τ) θ,  τ: 0.996 -> 1 cosine over training
 
 Recipe: LARS, base lr 0.2 x B/256, wd 1.5e-6, batch 4096, 1000 epochs, 10 warm-up epochs,
-projector and predictor 4096-256 with BN.
+projector and predictor 4096-256 with BN. The reference code sets lr, wd and the base τ by schedule
+length (``byol/configs/byol.py``): 40 epochs 0.45, 1e-6, 0.97; 100 epochs 0.45, 1e-6, 0.99; 300 epochs
+0.3, 1e-6, 0.99; 1000 epochs the paper's. Deviation: the output layers of our projector and predictor
+have a bias, the reference's do not.
 
 ``pred_lr_scale`` (1, the paper's, by default) multiplies the predictor's learning rate: a predictor that
 adapts faster than the encoder (as SimSiam's fixed-lr predictor, Chen & He 2021, and DirectPred's
