@@ -1,4 +1,4 @@
-"""``method.bank_init=features``: InstDisc's and PIRL's memory banks start from the encoder's own
+"""``method.bank_init=features``: InstDisc's, PIRL's and CMC's memory banks start from the encoder's own
 embeddings of every training image, once per run (a resumed run keeps the bank it had); with NCE's fixed
 normaliser the option is refused."""
 
@@ -72,3 +72,37 @@ def test_a_filled_bank_with_nces_fixed_normaliser_is_refused_in_one_line_and_a_r
     validate_config(compose(tiny("instdisc", "method.bank_init=features", "method.normaliser_momentum=0.9")))
     with pytest.raises(ConfigError, match="method.bank_init"):
         validate_config(compose(tiny("pirl", "method.bank_init=features")))
+
+
+class FirstBatchBothViews(pl.Callback):
+    """CMC's two banks at the first training batch, and each view's embeddings computed independently then."""
+
+    def __init__(self):
+        self.banks: list[torch.Tensor] = []
+        self.expected: list[torch.Tensor] = []
+
+    def on_train_batch_start(self, trainer, model, batch, batch_idx):
+        if self.banks:
+            return
+        self.banks = [model.bank_l.all().clone(), model.bank_ab.all().clone()]
+        with eval_mode(model):
+            self.expected = [training_set_features(embed, trainer.datamodule, model.device)
+                             for embed in (model.embed_l, model.embed_ab)]
+
+
+def test_cmc_starts_each_views_bank_from_that_views_embeddings(in_tmp):
+    seen = FirstBatchBothViews()
+    train(compose(tiny("cmc", "method.bank_init=features", "method.normaliser_momentum=0.9", "trainer.max_steps=1",
+                       *QUIET)), in_tmp / "run", extra_callbacks=[seen])
+    for bank, expected in zip(seen.banks, seen.expected):
+        assert bank.shape[0] == 48
+        torch.testing.assert_close(bank, F.normalize(expected, dim=1), rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(seen.banks[0], seen.banks[1])
+
+
+def test_cmc_refuses_a_filled_bank_without_banks_or_with_a_fixed_normaliser():
+    with pytest.raises(ConfigError, match="method.bank_init.*objective=infonce"):
+        validate_config(compose(tiny("cmc", "method.bank_init=features", "method.objective=infonce")))
+    with pytest.raises(ConfigError, match="method.bank_init.*normaliser_momentum"):
+        validate_config(compose(tiny("cmc", "method.bank_init=features")))
+    validate_config(compose(tiny("cmc", "method.bank_init=features", "method.normaliser_momentum=0.9")))

@@ -19,6 +19,8 @@ lr x0.1 steps; crop (area 0.2-1) and flip only, no colour jitter (colour *is* a 
 samples per anchor. Deviations: both encoders are the configured backbone (``in_chans`` 1 and 2), with a
 linear head to 128-d; the NCE normaliser Z of each direction is estimated at the first step and kept, as
 InstDisc does. ``objective=infonce`` (in-batch negatives, no banks) is the softmax variant of CMC.
+``bank_init=features`` (with ``normaliser_momentum`` below 1, as InstDisc and PIRL) starts each bank from
+its encoder's embeddings of every training image instead of random rows.
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ from ssl_zoo.backbones import build_backbone
 from ssl_zoo.distributed import gather_no_grad, gather_with_grad
 from ssl_zoo.errors import ConfigError, check
 from ssl_zoo.losses.contrastive import info_nce
-from ssl_zoo.memory.bank import MemoryBank
+from ssl_zoo.memory.bank import MemoryBank, check_bank_init
+from ssl_zoo.methods._clustering import fill_from_training_set
 from ssl_zoo.methods.base import Method, MethodConfig, StepOutput
 from ssl_zoo.transforms.color import normalized_rgb_to_lab
 
@@ -52,6 +55,7 @@ class CMCConfig(MethodConfig):
     bank_momentum: float = 0.5
     normaliser_momentum: float = 1.0  # 1: NCE's Z fixed at the first step (the paper); < 1: a running mean
     shared_noise: bool = False  # one draw of the m noise rows for the whole batch (MemoryBank.nce_loss)
+    bank_init: str = "random"  # or "features" (objective=nce, normaliser_momentum < 1): the encoders' embeddings
 
     def validate(self, prefix: str = "method") -> None:
         check(self.objective in OBJECTIVES, f"{prefix}.objective", self.objective, "one of: " + ", ".join(OBJECTIVES))
@@ -61,6 +65,9 @@ class CMCConfig(MethodConfig):
         check(0.0 <= self.bank_momentum < 1.0, f"{prefix}.bank_momentum", self.bank_momentum, "a number in [0, 1)")
         check(0.0 <= self.normaliser_momentum <= 1.0, f"{prefix}.normaliser_momentum", self.normaliser_momentum,
               "a number in [0, 1]")
+        check_bank_init(prefix, self.bank_init, self.normaliser_momentum, uses_nce=self.objective == "nce")
+        check(self.bank_init == "random" or self.objective == "nce", f"{prefix}.bank_init", self.bank_init,
+              "random with objective=infonce, which keeps no memory banks")
 
 
 class CMC(Method):
@@ -95,6 +102,19 @@ class CMC(Method):
 
     def forward(self, images):
         return torch.cat(self.encode(images), dim=1)
+
+    def embed_l(self, x):
+        """The luminance view's embedding z_l [N, E] (normalised): what ``bank_l`` stores."""
+        return F.normalize(self.head_l(self.backbone(self.split_views(x)[0])), dim=1)
+
+    def embed_ab(self, x):
+        """The chrominance view's embedding z_ab [N, E] (normalised): what ``bank_ab`` stores."""
+        return F.normalize(self.head_ab(self.encoder_ab(self.split_views(x)[1])), dim=1)
+
+    def on_train_start(self) -> None:
+        if self.hp.objective == "nce" and self.hp.bank_init == "features":
+            fill_from_training_set(self, self.embed_l, self.bank_l)
+            fill_from_training_set(self, self.embed_ab, self.bank_ab)
 
     def contrast(self, z, bank: MemoryBank, index):
         """NCE of anchors z [N, E] against the other view's bank: positive its own row, m noise rows."""
