@@ -92,13 +92,26 @@ class Method(pl.LightningModule):
         with neither, simply the default groups (:meth:`Method.param_groups`)."""
         if lr_scale == 1.0 and not fixed_lr:
             return Method.param_groups(self)
+        return self.param_groups_by_module({module: {"lr_scale": lr_scale, "fixed_lr": fixed_lr}})
+
+    def param_groups_by_module(self, modules: dict[str, dict]) -> list[dict]:
+        """The default groups for every parameter outside the sub-modules named (dotted) in ``modules``, then
+        for each the same split of its parameters with that entry's ``lr_scale`` and ``fixed_lr``. A parameter
+        belongs to the longest name that holds it, so ``head.last_layer`` can sit apart from the rest of ``head``."""
         wd = self.cfg.optimizer.weight_decay
         exclude = self.cfg.optimizer.get("exclude_bias_and_norm", True)
-        rest = [(n, p) for n, p in self.named_parameters() if not n.startswith(module + ".")]
-        head = getattr(self, module).named_parameters()
-        extra = {"lr_scale": lr_scale} if lr_scale != 1.0 else {}
-        extra.update({"fixed_lr": True} if fixed_lr else {})
-        return param_groups(rest, wd, exclude) + param_groups(head, wd, exclude, name=module, **extra)
+        longest_first = sorted(modules, key=len, reverse=True)
+        owned: dict[str, list] = {name: [] for name in modules}
+        rest = []
+        for n, p in self.named_parameters():
+            owner = next((m for m in longest_first if n.startswith(m + ".")), None)
+            (owned[owner] if owner else rest).append((n, p))
+        groups = param_groups(rest, wd, exclude)
+        for name, options in modules.items():
+            extra = {"lr_scale": options["lr_scale"]} if options.get("lr_scale", 1.0) != 1.0 else {}
+            extra.update({"fixed_lr": True} if options.get("fixed_lr") else {})
+            groups += param_groups(owned[name], wd, exclude, name=name, **extra)
+        return groups
 
     # --- the shared loop ------------------------------------------------------------------------
     def forward(self, images: Tensor) -> Tensor:

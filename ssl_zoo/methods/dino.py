@@ -28,7 +28,8 @@ here, where the reference's teacher gathers its own. Measured on the default bud
 method.freeze_last_layer_epochs=0 method.base_momentum=0.99``, BENCHMARKS.md): kNN 73.13 from the teacher
 with the student's statistics, 70.07 from the teacher with its own, 70.54 from the student.
 ``head_lr_scale`` (1, the paper's, by default) multiplies the student head's learning rate, as BYOL's
-``pred_lr_scale`` does its predictor's (not part of the paper's recipe).
+``pred_lr_scale`` does its predictor's, and ``last_layer_lr_scale`` that of the head's last layer (the
+prototypes) on top, as SwAV's ``prototypes_lr_scale``: options for short schedules, not the paper's recipe.
 """
 
 from __future__ import annotations
@@ -69,6 +70,7 @@ class DINOConfig(MethodConfig):
     weight_decay_end: Optional[float] = 0.4  # noqa: UP045 (null: optimizer.weight_decay throughout)
     eval_encoder: str = "teacher"           # the backbone evaluation and export read: teacher or student
     head_lr_scale: float = 1.0              # the student head's lr relative to the backbone's (1: the paper's)
+    last_layer_lr_scale: float = 1.0        # the head's last layer (prototypes) relative to the rest of the head
 
     def validate(self, prefix: str = "method") -> None:
         for key in ("out_dim", "hidden_dim", "bottleneck_dim", "head_layers"):
@@ -85,6 +87,7 @@ class DINOConfig(MethodConfig):
         check(self.base_momentum <= self.final_momentum <= 1.0, f"{prefix}.final_momentum", self.final_momentum,
               f"a number in [method.base_momentum={self.base_momentum}, 1]")
         check(self.head_lr_scale > 0, f"{prefix}.head_lr_scale", self.head_lr_scale, "a number > 0")
+        check(self.last_layer_lr_scale > 0, f"{prefix}.last_layer_lr_scale", self.last_layer_lr_scale, "a number > 0")
         check(self.eval_encoder in ("teacher", "student"), f"{prefix}.eval_encoder", self.eval_encoder,
               "teacher or student")
         check(self.freeze_last_layer_epochs >= 0, f"{prefix}.freeze_last_layer_epochs",
@@ -113,7 +116,11 @@ class DINO(Method):
         return "teacher.encoder.0." if method_cfg.get("eval_encoder", "teacher") == "teacher" else "backbone."
 
     def param_groups(self) -> list[dict]:
-        return self.param_groups_apart("head", lr_scale=self.hp.head_lr_scale)
+        hp = self.hp
+        if hp.last_layer_lr_scale == 1.0:
+            return self.param_groups_apart("head", lr_scale=hp.head_lr_scale)
+        return self.param_groups_by_module({"head": {"lr_scale": hp.head_lr_scale},
+                                            "head.last_layer": {"lr_scale": hp.head_lr_scale * hp.last_layer_lr_scale}})
 
     # --- schedules (functions of the optimizer step) -------------------------------------------
     def _step_and_epoch_length(self) -> tuple[int, int]:
