@@ -22,19 +22,23 @@ SOFTMAX = ("method.loss=softmax", *QUIET)
 
 
 class FirstBatch(pl.Callback):
-    """The bank at the first training batch, and the embeddings computed independently then."""
+    """Each named bank at the first training batch (its rows and its filled flag), and the embeddings its
+    paired embedding function gives every training image then, computed independently."""
 
-    def __init__(self):
-        self.bank: torch.Tensor | None = None
-        self.expected: torch.Tensor | None = None
-        self.filled = False
+    def __init__(self, pairs=(("bank", "embed"),)):
+        self.pairs = pairs
+        self.banks: list[torch.Tensor] = []
+        self.expected: list[torch.Tensor] = []
+        self.filled: list[bool] = []
 
     def on_train_batch_start(self, trainer, model, batch, batch_idx):
-        if self.bank is not None:
+        if self.banks:
             return
-        self.bank, self.filled = model.bank.all().clone(), bool(model.bank.filled)
+        banks = [getattr(model, bank) for bank, _ in self.pairs]
+        self.banks, self.filled = [b.all().clone() for b in banks], [bool(b.filled) for b in banks]
         with eval_mode(model):
-            self.expected = training_set_features(model.embed, trainer.datamodule, model.device)
+            self.expected = [training_set_features(getattr(model, embed), trainer.datamodule, model.device)
+                             for _, embed in self.pairs]
 
 
 @pytest.mark.parametrize("method,extra", [("instdisc", SOFTMAX), ("pirl", ("method.normaliser_momentum=0.9", *QUIET))])
@@ -42,15 +46,15 @@ def test_the_bank_starts_from_the_encoders_embeddings_of_every_training_image(in
     seen = FirstBatch()
     train(compose(tiny(method, "method.bank_init=features", "trainer.max_steps=1", *extra)), in_tmp / "run",
           extra_callbacks=[seen])
-    assert seen.filled and seen.bank.shape[0] == 48
-    torch.testing.assert_close(seen.bank, F.normalize(seen.expected, dim=1), rtol=1e-5, atol=1e-6)
+    assert seen.filled[0] and seen.banks[0].shape[0] == 48
+    torch.testing.assert_close(seen.banks[0], F.normalize(seen.expected[0], dim=1), rtol=1e-5, atol=1e-6)
 
 
 def test_random_rows_are_kept_when_the_bank_init_is_random(in_tmp):
     seen = FirstBatch()
     train(compose(tiny("instdisc", "trainer.max_steps=1", *SOFTMAX)), in_tmp / "run", extra_callbacks=[seen])
-    assert not seen.filled
-    assert (seen.bank @ F.normalize(seen.expected, dim=1).T).diagonal().abs().max() < 0.99
+    assert not seen.filled[0]
+    assert (seen.banks[0] @ F.normalize(seen.expected[0], dim=1).T).diagonal().abs().max() < 0.99
 
 
 def test_a_resumed_run_keeps_its_bank_instead_of_refilling_it(in_tmp):
@@ -62,7 +66,7 @@ def test_a_resumed_run_keeps_its_bank_instead_of_refilling_it(in_tmp):
     assert bool(saved["bank.filled"])
     seen = FirstBatch()
     train(compose([*overrides, "resume=auto"]), in_tmp / "run", extra_callbacks=[seen])
-    assert torch.equal(seen.bank, saved["bank.bank"])  # the checkpoint's rows, not a fresh pass
+    assert torch.equal(seen.banks[0], saved["bank.bank"])  # the checkpoint's rows, not a fresh pass
 
 
 def test_a_filled_bank_with_nces_fixed_normaliser_is_refused_in_one_line_and_a_running_one_accepted():
@@ -74,28 +78,12 @@ def test_a_filled_bank_with_nces_fixed_normaliser_is_refused_in_one_line_and_a_r
         validate_config(compose(tiny("pirl", "method.bank_init=features")))
 
 
-class FirstBatchBothViews(pl.Callback):
-    """CMC's two banks at the first training batch, and each view's embeddings computed independently then."""
-
-    def __init__(self):
-        self.banks: list[torch.Tensor] = []
-        self.expected: list[torch.Tensor] = []
-
-    def on_train_batch_start(self, trainer, model, batch, batch_idx):
-        if self.banks:
-            return
-        self.banks = [model.bank_l.all().clone(), model.bank_ab.all().clone()]
-        with eval_mode(model):
-            self.expected = [training_set_features(embed, trainer.datamodule, model.device)
-                             for embed in (model.embed_l, model.embed_ab)]
-
-
 def test_cmc_starts_each_views_bank_from_that_views_embeddings(in_tmp):
-    seen = FirstBatchBothViews()
+    seen = FirstBatch(pairs=(("bank_l", "embed_l"), ("bank_ab", "embed_ab")))
     train(compose(tiny("cmc", "method.bank_init=features", "method.normaliser_momentum=0.9", "trainer.max_steps=1",
                        *QUIET)), in_tmp / "run", extra_callbacks=[seen])
-    for bank, expected in zip(seen.banks, seen.expected):
-        assert bank.shape[0] == 48
+    for bank, filled, expected in zip(seen.banks, seen.filled, seen.expected):
+        assert filled and bank.shape[0] == 48
         torch.testing.assert_close(bank, F.normalize(expected, dim=1), rtol=1e-5, atol=1e-6)
     assert not torch.allclose(seen.banks[0], seen.banks[1])
 

@@ -20,10 +20,11 @@ def build(*extra: str):
     return METHODS["amdim"](cfg, num_train=typed["data"].num_samples)
 
 
+@pytest.mark.parametrize("scaled,scale", [("true", 16 ** -0.5), ("false", 1.0)])  # tiny: 16-d embeddings
 @pytest.mark.parametrize("estimator,loss_fn", [("nce", local_global_nce), ("jsd", local_global_jsd)])
-def test_loss_averages_both_directions_over_every_location_of_the_last_map(estimator, loss_fn):
+def test_loss_averages_both_directions_over_every_location_of_the_last_map(estimator, loss_fn, scaled, scale):
     torch.manual_seed(0)
-    model = build(f"method.estimator={estimator}")
+    model = build(f"method.estimator={estimator}", f"method.scale_scores={scaled}")
     x1, x2 = torch.randn(8, 3, 16, 16), torch.randn(8, 3, 16, 16)
     out = model.step([x1, x2], torch.arange(8))
     with torch.no_grad():  # training mode, same batches: the same BN batch statistics
@@ -31,21 +32,8 @@ def test_loss_averages_both_directions_over_every_location_of_the_last_map(estim
         g1, l1, _ = model.embed(x1)
         g2, l2, _ = model.embed(x2)
     assert l1.shape == (8, fmap.shape[2] * fmap.shape[3], 16) and g1.shape == (8, 16)
-    kw = dict(clip=20.0, penalty=0.04, scale=16 ** -0.5)  # the tiny config's 16-d embeddings
+    kw = dict(clip=20.0, penalty=0.04, scale=scale)  # AMDIM's code: scores / sqrt(D); unscaled: plain dot products
     expected = (loss_fn(g1, l2, **kw) + loss_fn(g2, l1, **kw)) / 2
-    assert out.loss.item() == pytest.approx(expected.item(), rel=1e-4)
-
-
-def test_unscaled_scores_are_the_plain_dot_products():
-    torch.manual_seed(0)
-    model = build("method.scale_scores=false")
-    x1, x2 = torch.randn(8, 3, 16, 16), torch.randn(8, 3, 16, 16)
-    out = model.step([x1, x2], torch.arange(8))
-    with torch.no_grad():
-        g1, l1, _ = model.embed(x1)
-        g2, l2, _ = model.embed(x2)
-    kw = dict(clip=20.0, penalty=0.04)
-    expected = (local_global_nce(g1, l2, **kw) + local_global_nce(g2, l1, **kw)) / 2
     assert out.loss.item() == pytest.approx(expected.item(), rel=1e-4)
 
 

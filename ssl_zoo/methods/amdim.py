@@ -9,7 +9,7 @@ Buchwalter 2019), on top of DIM: Deep InfoMax (Hjelm et al. 2018).
         l1, l2 = emb_l(m1), emb_l(m2)                      # local embeddings [N, h·w, D]
         s = g · l / sqrt(D)                                # scores of every global against every location
         loss = est(g1, l2) + est(g2, l1)                   # estimator: nce (AMDIM) or jsd (DIM), averaged
-               + 4e-2 · mean(s²)                           # inside est: squared-score penalty on raw scores,
+               + 4e-2 · mean(s²)                           # inside est: squared-score penalty on scaled scores,
                                                            # then soft clip s ← 20 · tanh(s / 20)
 
 Recipe (AMDIM, ImageNet): its own wide ResNet encoder, 1024-d embeddings (n_rkhs), NCE with the other

@@ -17,13 +17,13 @@ the patch latents over the grid [N, D], the spatially pooled latents the paper's
 Recipe (ImageNet): images cut into a 7 x 7 grid of 64 px patches with a 32 px stride (50% overlap);
 ResNet-161 patch encoder with layer normalisation instead of batch normalisation (batch statistics
 link the patches of an image and let the encoder solve the task trivially); predictions in all four
-directions; patch-wise augmentation (colour dropping, flips, random crops); Adam; 71.5% linear top-1. The paper's
-pseudo-code (appendix A.2) scores predictions against targets, not the latents themselves: a 1x1
-convolution maps the latents to 64-d targets, the predictions (also 64-d) are scaled by 0.1 before the
-dot product, and only the latents 3 rows below are predicted (``steps_to_ignore=2, steps_to_predict=3``):
-with 50% overlap the patches 1 and 2 rows below share pixels with the context's own rows. CPC v1
-predicts up to 5 rows below from the raw latents: ``target_dim=0 emb_scale=1 first_step=1
-prediction_steps=5``. Ours: the grid is ``grid_size`` x ``grid_size`` patches of
+directions; patch-wise augmentation (colour dropping, flips, random crops); Adam; 71.5% linear top-1.
+The paper's pseudo-code (appendix A.2) scores predictions against targets, not the latents themselves:
+a 1x1 convolution maps the latents to 64-d targets, the predictions (also 64-d) are scaled by 0.1
+before the dot product, and only the latents 3 rows below are predicted (``steps_to_ignore=2,
+steps_to_predict=3``): with 50% overlap the patches 1 and 2 rows below share pixels with the context's
+own rows. CPC v1 predicts up to 5 rows below from the raw latents: ``target_dim=0 emb_scale=1
+first_step=1 prediction_steps=5``. Ours: the grid is ``grid_size`` x ``grid_size`` patches of
 ``patch_size`` px (default: 50% overlap, 2H / (G + 1) px, e.g. 8 px at 32 px and G = 7); the patch
 encoder is the configured backbone with ``encoder_norm=layer`` replacing every BatchNorm2d by a
 GroupNorm with one group (layer norm over C, H, W); one context network and one set of predictors
