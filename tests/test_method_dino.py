@@ -118,3 +118,22 @@ def test_evaluation_and_export_read_the_teacher_by_default(reads, tmp_path):
     exported = torch.load(tmp_path / "backbone.pt", weights_only=True)
     for name, value in evaluated.state_dict().items():
         torch.testing.assert_close(exported[name.replace("_orig_mod.", "")], value)
+
+
+@pytest.mark.parametrize("reads", ["teacher", "student"])
+def test_the_online_probe_trains_on_the_encoder_that_evaluation_reads(reads):
+    """The probe is validated on ``forward()`` (the teacher by default), so it must learn on that encoder's
+    features, not the student's: trained on one and validated on the other it reads chance."""
+    _, model = build(f"method.eval_encoder={reads}")
+    model.train()
+    with torch.no_grad():
+        for p in model.teacher.encoder[0].parameters():
+            p.add_(0.1 * torch.randn_like(p))                  # the two backbones differ
+    v = views()
+    out = model.step(v, torch.arange(8))
+    with torch.no_grad():
+        # one pass over both global crops (BN over both), as the step's
+        teacher, student = (encoder(torch.cat(v[:2]))[:8] for encoder in (model.teacher.encoder[0], model.backbone))
+    expected, other = (teacher, student) if reads == "teacher" else (student, teacher)
+    torch.testing.assert_close(out.features, expected)
+    assert not torch.allclose(out.features, other)

@@ -86,3 +86,20 @@ def test_patch_resize_feeds_the_encoder_patches_of_the_given_side():
     assert sides[0] == (16, 16) and model.patch < 16       # the patches, resized from their own side
     with pytest.raises(Exception, match="patch_resize"):
         build("method.patch_resize=-1")
+
+
+@pytest.mark.parametrize("standardize", [True, False])
+def test_each_patch_reaches_the_encoder_standardised_as_the_reference_code_does(standardize):
+    model = build("method.chromatic=none", f"method.standardize_patches={str(standardize).lower()}")
+    seen = []
+    model.backbone.register_forward_pre_hook(lambda module, args: seen.append(args[0].detach()))
+    x = torch.rand(4, 3, 16, 16) * 5 + 2
+    model.step([x], torch.arange(4))
+    patches = seen[0].float().flatten(1)                    # the first pass: the patches, not the whole view
+    n = patches.shape[0]
+    assert n in (4 * 2, 4 * 9) and seen[0].shape[-1] < 16
+    if standardize:
+        torch.testing.assert_close(patches.mean(dim=1), torch.zeros(n), atol=1e-4, rtol=0)
+        torch.testing.assert_close(patches.std(dim=1, unbiased=False), torch.ones(n), atol=1e-3, rtol=0)
+    else:
+        assert (patches.mean(dim=1) > 1).all()

@@ -21,7 +21,9 @@ reference clips each parameter's gradient on its own; the frozen last layer is l
 
 Evaluation and export read the teacher's backbone (``eval_encoder=teacher``), as the reference's k-NN and
 linear evaluations do by default (``--checkpoint_key teacher``; the paper's Fig. 6 finds the teacher
-better than the student throughout training); ``eval_encoder=student`` reads the student. Deviation: the
+better than the student throughout training); ``eval_encoder=student`` reads the student. The online
+probe trains on the same encoder's features (the teacher's of the first global crop, from its own pass),
+since it is validated on what evaluation reads. Deviation: the
 teacher's BN running statistics are the student's, copied at every update as for every momentum encoder
 here, where the reference's teacher gathers its own. Measured on the default budget
 (``experiment=fashion_mnist_budget method=dino augmentation=grey method.out_dim=4096
@@ -167,7 +169,9 @@ class DINO(Method):
         features = encode_by_resolution(self.backbone, views)
         student = self.head(torch.cat(features)).split(batch)
         with torch.no_grad():
-            teacher = self.teacher(torch.cat(views[:n_teacher])).split(batch)
+            teacher_backbone, teacher_head = self.teacher.encoder
+            teacher_features = teacher_backbone(torch.cat(views[:n_teacher]))
+            teacher = teacher_head(teacher_features).split(batch)
         temperature = self.teacher_temperature()
         loss = dino_loss(student, teacher, self.center, hp.student_temp, temperature)
         reduce = all_reduce_sum if is_distributed() else None
@@ -175,4 +179,7 @@ class DINO(Method):
         logs = {"teacher_temp": temperature}
         if self._trainer is not None and hp.weight_decay_end is not None:
             logs["weight_decay"] = self.weight_decay_at(self.global_step)  # what this step's update uses
-        return StepOutput(loss, features=features[0], logs=logs)
+        # The online probe learns on the encoder that evaluation reads (its validation features come from
+        # forward()): the teacher's features of the first global crop, which its pass has already computed.
+        probe = teacher_features[:batch] if hp.eval_encoder == "teacher" else features[0]
+        return StepOutput(loss, features=probe, logs=logs)
