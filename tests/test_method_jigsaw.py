@@ -60,6 +60,11 @@ def test_crop_patches_matches_slicing_and_standardize_gives_zero_mean_unit_std()
     z = standardize_patches(patches)
     torch.testing.assert_close(z.mean(dim=(-3, -2, -1)), torch.zeros(2, 2), atol=1e-5, rtol=0)
     torch.testing.assert_close(z.std(dim=(-3, -2, -1), unbiased=False), torch.ones(2, 2), atol=1e-3, rtol=0)
+    shifted = patches + torch.tensor([5.0, -2.0, 0.5]).view(1, 1, 3, 1, 1)
+    z = standardize_patches(shifted, per_channel_mean=True)       # relative position's prep_image
+    torch.testing.assert_close(z.mean(dim=(-2, -1)), torch.zeros(2, 2, 3), atol=1e-5, rtol=0)
+    torch.testing.assert_close(z.square().mean(dim=(-3, -2, -1)), torch.ones(2, 2), atol=1e-3, rtol=0)
+    torch.testing.assert_close(z, standardize_patches(patches, per_channel_mean=True), atol=1e-5, rtol=0)
     with pytest.raises(ValueError):
         crop_patches(x, top + 5, left, 4)
 

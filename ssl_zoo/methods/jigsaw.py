@@ -14,9 +14,11 @@ keeps edges from being matched), N = 1000 permutations of maximal Hamming distan
 to a 512-d fc6, concatenated into fc7 (4096) and fc8 (N); SGD, batch 256, lr 0.01, 350k iterations; the
 paper also greys 30% of the images and jitters the colour channels by 0-2 px. Deviations: the encoder is
 the configured convolutional backbone on tiles at their native size (9 px at 32 px images); the greying
-and channel jitter are left to the augmentation config. The permutation set is computed once from
-``permutation_seed`` and kept as a buffer (it is in the checkpoint). The probe reads the encoder on the
-whole view (a second, gradient-free pass), since that is what evaluation feeds it.
+and channel jitter are left to the augmentation config; fc7 is Linear-BN-ReLU where AlexNet's (and the
+PyTorch port bbrattoli/JigsawPuzzlePytorch's) fc6 and fc7 are Linear-ReLU-dropout 0.5. The permutation
+set is computed once from ``permutation_seed`` and kept as a buffer (it is in the checkpoint). The probe
+reads the encoder on the whole view (a second, gradient-free pass), since that is what evaluation feeds
+it.
 """
 
 from __future__ import annotations

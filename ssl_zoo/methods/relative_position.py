@@ -19,9 +19,9 @@ AlexNet-style network per patch to fc6 (4096), late fusion into fc7 (4096) and f
 layout is scaled to the view (patch, gap and jitter as fractions of the patch, ``gap`` 0.5 and ``jitter``
 7/96, rounded, so at 32 px: 7 px patches, 4 px gaps, 1 px jitter); the encoder is the configured
 convolutional backbone with a ``hidden_dim`` MLP on the concatenation; no pixelation counter-measure.
-Each patch is standardised on its own (``standardize_patches``, zero mean and unit std over its pixels and
-channels), as the reference code (cdoersch/deepcontext, ``prep_image``) removes each patch's mean and
-divides by its RMS "so that gradients are a less useful cue"; the paper does not say so.
+Each patch is standardised on its own (``standardize_patches``: each channel's mean removed, then the
+patch divided by its RMS), as the reference code (cdoersch/deepcontext, ``prep_image``) does "so that
+gradients are a less useful cue"; the paper does not say so.
 ``patch_resize`` (not the paper's, off by default) resizes the patches before the encoder, so that on
 small images it sees patches at the scale it sees whole images at in evaluation, as the paper's network
 saw its 96 px patches at its native input size. ``all_neighbours=true`` (not the paper's) encodes the 9
@@ -92,7 +92,7 @@ class RelativePositionConfig(MethodConfig):
     hidden_dim: int = 4096          # fc7 on the concatenation of the two patches' features
     all_neighbours: bool = False    # True: pair the centre with all 8 neighbours (9 patches encoded per image)
     patch_resize: int = 0           # > 0: patches resized (bilinear) to this many px before the encoder
-    standardize_patches: bool = True  # each patch to zero mean, unit std (the reference code's prep_image)
+    standardize_patches: bool = True  # each channel centred, each patch to unit RMS (the reference's prep_image)
 
     def validate(self, prefix: str = "method") -> None:
         check(0.0 <= self.gap <= 2.0, f"{prefix}.gap", self.gap, "a fraction of the patch side in [0, 2]")
@@ -144,7 +144,7 @@ class RelativePosition(Method):
         k = patches.shape[1]
         patches = self.chromatic(patches.flatten(0, 1))                     # [B·K, C, p, p]
         if self.hp.standardize_patches:
-            patches = standardize_patches(patches)
+            patches = standardize_patches(patches, per_channel_mean=True)
         if self.hp.patch_resize:
             patches = F.interpolate(patches, size=self.hp.patch_resize, mode="bilinear", align_corners=False)
         h = self.backbone(self._format(patches)).view(b, k, -1)             # [B, K, D], centre first

@@ -32,14 +32,16 @@ def crop_patches(images: Tensor, top: Tensor, left: Tensor, size: int) -> Tensor
     return patches.permute(0, 1, 4, 2, 3)
 
 
-def standardize_patches(patches: Tensor, eps: float = 1e-5) -> Tensor:
+def standardize_patches(patches: Tensor, eps: float = 1e-5, per_channel_mean: bool = False) -> Tensor:
     """Each patch [..., C, s, s] to zero mean and unit standard deviation over its own pixels and
     channels, as Noroozi & Favaro (2016) do to each tile, so that tiles cannot be matched by their
-    low-level statistics."""
+    low-level statistics. ``per_channel_mean``: each channel loses its own mean before the patch is
+    divided by its RMS, as Doersch et al.'s reference code (``prep_image``) treats each patch."""
     dims = (-3, -2, -1)
-    mean = patches.mean(dim=dims, keepdim=True)
-    std = patches.std(dim=dims, keepdim=True, unbiased=False) if patches[0].numel() > 1 else torch.ones_like(mean)
-    return (patches - mean) / (std + eps)
+    centred = patches - patches.mean(dim=dims[1:] if per_channel_mean else dims, keepdim=True)
+    if patches[0].numel() == 1:
+        return centred
+    return centred / (centred.square().mean(dim=dims, keepdim=True).sqrt() + eps)
 
 
 def hamming_permutations(count: int, tiles: int = 9, seed: int = 0) -> Tensor:
