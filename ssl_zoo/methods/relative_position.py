@@ -20,8 +20,8 @@ layout is scaled to the view (patch, gap and jitter as fractions of the patch, `
 7/96, rounded, so at 32 px: 7 px patches, 4 px gaps, 1 px jitter); the encoder is the configured
 convolutional backbone with a ``hidden_dim`` MLP on the concatenation; no pixelation counter-measure.
 Each patch is standardised on its own (``standardize_patches``: each channel's mean removed, then the
-patch divided by its RMS), as the reference code (cdoersch/deepcontext, ``prep_image``) does "so that
-gradients are a less useful cue"; the paper does not say so.
+patch divided by its RMS): the paper's mean subtraction, and the scaling its reference code
+(cdoersch/deepcontext, ``prep_image``) adds "so that gradients are a less useful cue".
 ``patch_resize`` (not the paper's, off by default) resizes the patches before the encoder, so that on
 small images it sees patches at the scale it sees whole images at in evaluation, as the paper's network
 saw its 96 px patches at its native input size. ``all_neighbours=true`` (not the paper's) encodes the 9
