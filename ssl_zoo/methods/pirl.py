@@ -11,7 +11,8 @@
 
 NCE is InstDisc's (Wu et al. 2018) on cosine similarities / τ: the positive is the image's own bank
 row, the negatives m rows drawn uniformly from the bank, log Z of each of the two terms estimated at
-the first step and kept (``ssl_zoo.losses.nce``).
+the first step and kept (``ssl_zoo.losses.nce``). Deviation: VISSL's PIRL (``NCELossWithMemory``) keeps
+one Z for both terms, set by the first term's first batch.
 
 Recipe (ImageNet, ResNet-50): 32,000 negatives, τ = 0.07, bank momentum 0.5, λ = 0.5, heads 2048 -> 128
 (image) and 2048 -> 128 per patch, 9 x 128 -> 128 (jigsaw); the jigsaw view cuts a 255 px crop into
