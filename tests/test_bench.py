@@ -181,7 +181,10 @@ def test_two_step_run_of_both_sides_prints_a_table(tmp_path, monkeypatch):
     assert [r[7].strip() for r in rows] == ["ours", "lightly"]
     for r in rows:
         assert int(r[8]) == 2 and float(r[9].replace(",", "")) > 0  # 2 measured steps, a finite rate
-    assert rows[0][13].strip().startswith("**") and (tmp_path / "speed.md").read_text() == report
+    for r in rows:  # both sides train the same networks: one FLOP count, an MFU each
+        assert r[13] == rows[0][13] and float(r[13]) > 0 and 0 < float(r[14].strip().rstrip("%")) < 100
+    assert rows[0][15].strip().startswith("**") and (tmp_path / "speed.md").read_text() == report
+    assert "measured matmul peaks: float32" in report
     assert not (tmp_path / "outputs").exists()  # the run directories were temporary
 
 
@@ -250,3 +253,43 @@ def test_accuracy_sweep_trains_both_sides_for_the_same_steps_and_reads_their_knn
     for cell in row[4:6] + row[7:9]:
         assert 0.0 <= float(cell) <= 100.0
     assert row[6] == f"**{float(row[4]) - float(row[5]):+.2f}**"
+
+
+# --- MFU ------------------------------------------------------------------------------------------
+
+
+def test_small_map_convolutions_count_every_tap_as_the_architecture_defines_them():
+    """A 3x3 convolution of 2 x 2 maps runs as one product that skips the padding taps; MFU counts what
+    the plain convolution does, 2 x C_out x C_in x 9 x H_out x W_out per sample, either way."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from ssl_zoo.backbones.small_maps import SmallMapConv2d
+    from ssl_zoo.bench.flops import nominal_convolutions
+
+    conv = SmallMapConv2d(16, 32, 3, padding=1, bias=False)
+    x = torch.randn(4, 16, 2, 2)
+
+    def count(nominal: bool) -> int:
+        counter = FlopCounterMode(display=False)
+        with counter, (nominal_convolutions() if nominal else torch.no_grad()):
+            conv(x)
+        return counter.get_total_flops()
+
+    assert count(True) == 2 * 32 * 16 * 9 * 2 * 2 * 4
+    assert count(False) == 2 * 32 * (16 * 4) * 4 * 4     # the dense product: [4 px x 32] x [4 px x 16]
+    assert SmallMapConv2d.MAX_PIXELS == 4                 # restored
+
+
+def test_step_flops_grow_with_the_batch_and_mfu_is_flops_per_second_over_the_peak():
+    from ssl_zoo.bench.flops import matmul_peak_flops, mfu, row_dtype, step_flops
+    from ssl_zoo.bench.ours import compose_run
+
+    bench, overrides = parse_bench_args([*TINY_BENCH, "methods=simclr", *HEADS["simclr"]])
+    flops = {b: step_flops(compose_run("simclr", bench, b, 16, "32-true", torch.device("cpu"), overrides),
+                           torch.device("cpu")) for b in (8, 16)}
+    assert flops[8] > 0 and 1.9 < flops[16] / flops[8] < 2.1  # per-sample networks; the B x B loss is small
+    assert mfu(10**9, 0.5, 4e9) == 0.5
+    assert math.isnan(mfu(10**9, float("nan"), 4e9)) and math.isnan(mfu(0, 0.5, 4e9))
+    assert row_dtype("bf16-mixed") == torch.bfloat16 and row_dtype("32-true") == torch.float32
+    peak = matmul_peak_flops(torch.device("cpu"), torch.float32, n=64, repeats=2)
+    assert math.isfinite(peak) and peak > 0

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ssl_zoo.bench.config import BenchConfig
+from ssl_zoo.bench.flops import matmul_peak_flops, mfu, row_dtype, step_flops
 from ssl_zoo.bench.measure import SideResult, ratio, rss_now_bytes
 from ssl_zoo.errors import check
 
@@ -27,6 +28,8 @@ class Row:
     views: int = 0
     backbone: str = ""
     results: dict[str, SideResult] = field(default_factory=dict)
+    flops: int = 0                 # one training step's forward and backward (ssl_zoo.bench.flops)
+    peak_flops: float = float("nan")  # the device's measured matmul FLOP/s at the row's precision
 
 
 def resolve_device(name: str) -> torch.device:
@@ -62,6 +65,7 @@ def measure_row(row: Row, bench: BenchConfig, device: torch.device, overrides: l
                            row.local_views)
     row.views = sum(int(g.num) for g in cfg.augmentation.crops)
     row.backbone = cfg.backbone.name + (f"/{cfg.backbone.patch_size}" if "vit" in cfg.backbone.name else "")
+    row.flops, row.peak_flops = step_flops(cfg, device), device_peak(device, row_dtype(row.resolved))
     for side in bench.sides:
         row.results[side] = SideResult(row.batch_size, row.views)
     data = typed_group(cfg, "data", DataConfig)
@@ -88,6 +92,17 @@ def measure_row(row: Row, bench: BenchConfig, device: torch.device, overrides: l
     return row
 
 
+_PEAKS: dict[tuple[str, torch.dtype], float] = {}
+
+
+def device_peak(device: torch.device, dtype: torch.dtype) -> float:
+    """The device's matmul peak at ``dtype``, measured once per run."""
+    key = (str(device), dtype)
+    if key not in _PEAKS:
+        _PEAKS[key] = matmul_peak_flops(device, dtype)
+    return _PEAKS[key]
+
+
 def _mib(n: int) -> str:
     return f"{n / 2**20:,.0f}"
 
@@ -99,8 +114,8 @@ def _num(x: float, digits: int = 1) -> str:
 def speed_table(rows: list[Row], device: torch.device) -> str:
     mem = "peak GPU MiB" if device.type == "cuda" else "peak RSS MiB"
     head = (f"| method | backbone | batch | px | views | precision | side | steps | images/s | samples/s | "
-            f"data wait | {mem} | ours/lightly |")
-    lines = [head, "|" + "|".join([" --- "] * 13) + "|"]
+            f"data wait | {mem} | GFLOP/step | MFU | ours/lightly |")
+    lines = [head, "|" + "|".join([" --- "] * 15) + "|"]
     for row in rows:
         prec = row.precision if row.precision == row.resolved else f"{row.precision} ({row.resolved})"
         ours, theirs = row.results.get("ours"), row.results.get("lightly")
@@ -110,7 +125,8 @@ def speed_table(rows: list[Row], device: torch.device) -> str:
                 rel = f"**{_num(ratio(ours.images_per_s, theirs.images_per_s), 2)}x**"
             lines.append(f"| {row.method} | {row.backbone} | {row.batch_size} | {row.image_size} | {row.views} "
                          f"| {prec} | {side} | {res.num_steps} | {_num(res.images_per_s)} | {_num(res.samples_per_s)} "
-                         f"| {_num(100 * res.data_wait, 0)}% | {_mib(res.peak_bytes)} | {rel} |")
+                         f"| {_num(100 * res.data_wait, 0)}% | {_mib(res.peak_bytes)} | {_num(row.flops / 1e9)} "
+                         f"| {_num(100 * mfu(row.flops, res.median_step_s, row.peak_flops))}% | {rel} |")
     return "\n".join(lines)
 
 
@@ -177,6 +193,8 @@ def run_bench(bench: BenchConfig, overrides: list[str], log=None) -> str:
                       "adds it")
     if device.type == "cpu":
         header.append(f"peak RSS includes what the process holds before a block: {_mib(rss_now_bytes())} MiB at start")
+    header.append("MFU: a step's forward and backward FLOPs (counted, nominal convolutions) per median step time, "
+                  "over this device's measured matmul peak at the row's precision")
     sections = []
     rows = dedupe(main_rows(bench), device)
     for row in rows:
@@ -187,6 +205,9 @@ def run_bench(bench: BenchConfig, overrides: list[str], log=None) -> str:
         for row in sweep:
             measure_row(row, bench, device, overrides, log)
         sections.append((title, sweep))
+    if _PEAKS:
+        header.append("measured matmul peaks: " + ", ".join(f"{str(dtype).replace('torch.', '')} {flops / 1e9:,.0f} GFLOP/s"
+                                                          for (_, dtype), flops in _PEAKS.items()))
     parts = ["\n".join(header)]
     for title, section in sections:
         parts.append(f"### {title}\n\n{speed_table(section, device)}")
