@@ -206,8 +206,9 @@ def run_bench(bench: BenchConfig, overrides: list[str], log=None) -> str:
             measure_row(row, bench, device, overrides, log)
         sections.append((title, sweep))
     if _PEAKS:
-        header.append("measured matmul peaks: " + ", ".join(f"{str(dtype).replace('torch.', '')} {flops / 1e9:,.0f} GFLOP/s"
-                                                          for (_, dtype), flops in _PEAKS.items()))
+        peaks = (f"{str(dtype).replace('torch.', '')} {flops / 1e9:,.0f} GFLOP/s"
+                 for (_, dtype), flops in _PEAKS.items())
+        header.append("measured matmul peaks: " + ", ".join(peaks))
     parts = ["\n".join(header)]
     for title, section in sections:
         parts.append(f"### {title}\n\n{speed_table(section, device)}")
