@@ -258,26 +258,36 @@ def test_accuracy_sweep_trains_both_sides_for_the_same_steps_and_reads_their_knn
 # --- MFU ------------------------------------------------------------------------------------------
 
 
-def test_small_map_convolutions_count_every_tap_as_the_architecture_defines_them():
-    """A 3x3 convolution of 2 x 2 maps runs as one product that skips the padding taps; MFU counts what
-    the plain convolution does, 2 x C_out x C_in x 9 x H_out x W_out per sample, either way."""
+def test_convolutions_count_only_the_taps_that_read_the_input():
+    """A tap on the zero padding multiplies nothing: a 3x3 convolution (padding 1) of a 1 x 1 map reads 1
+    tap of 9, of a 2 x 2 map 16 of 36; larger maps lose only their border's."""
+    from ssl_zoo.bench.flops import valid_taps
+
+    assert valid_taps(1, 3, 1, 1) == (1, 3)
+    assert valid_taps(2, 3, 1, 1) == (4, 6)
+    assert valid_taps(2, 3, 2, 1) == (2, 3)              # stride 2: one output, reading pixels 0 and 1
+    assert valid_taps(32, 7, 2, 3) == (16 * 7 - 3 - 1 - 2, 16 * 7)  # the ImageNet stem at 32 px: 3, 1 and 2 taps off
+    assert valid_taps(8, 1, 1, 0) == (8, 8)              # no padding, nothing skipped
+
+
+def test_step_flops_leave_the_padding_taps_out_of_the_convolutions():
     from torch.utils.flop_counter import FlopCounterMode
 
-    from ssl_zoo.backbones.small_maps import SmallMapConv2d
-    from ssl_zoo.bench.flops import nominal_convolutions
+    from ssl_zoo.bench.flops import plain_convolutions, step_flops
+    from ssl_zoo.bench.ours import compose_run
+    from ssl_zoo.methods import METHODS
 
-    conv = SmallMapConv2d(16, 32, 3, padding=1, bias=False)
-    x = torch.randn(4, 16, 2, 2)
-
-    def count(nominal: bool) -> int:
-        counter = FlopCounterMode(display=False)
-        with counter, (nominal_convolutions() if nominal else torch.no_grad()):
-            conv(x)
-        return counter.get_total_flops()
-
-    assert count(True) == 2 * 32 * 16 * 9 * 2 * 2 * 4
-    assert count(False) == 2 * 32 * (16 * 4) * 4 * 4     # the dense product: [4 px x 32] x [4 px x 16]
-    assert SmallMapConv2d.MAX_PIXELS == 4                 # restored
+    bench, overrides = parse_bench_args([*TINY_BENCH, "methods=simclr", *HEADS["simclr"]])
+    cfg = compose_run("simclr", bench, 8, 16, "32-true", torch.device("cpu"), overrides)
+    torch.manual_seed(0)
+    model = METHODS["simclr"](cfg, num_train=65536).train()
+    counter = FlopCounterMode(display=False)
+    with counter, plain_convolutions():
+        model.step([torch.randn(8, 3, 16, 16) for _ in range(2)], torch.arange(8)).loss.backward()
+    every_tap = counter.get_total_flops()
+    counted = step_flops(cfg, torch.device("cpu"))
+    # a 16 px ResNet-18 reaches 1 x 1 maps in layer3: most of its later taps are padding (28.7% kept)
+    assert 0.2 * every_tap < counted < 0.4 * every_tap
 
 
 def test_step_flops_grow_with_the_batch_and_mfu_is_flops_per_second_over_the_peak():

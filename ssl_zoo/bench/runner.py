@@ -193,8 +193,8 @@ def run_bench(bench: BenchConfig, overrides: list[str], log=None) -> str:
                       "adds it")
     if device.type == "cpu":
         header.append(f"peak RSS includes what the process holds before a block: {_mib(rss_now_bytes())} MiB at start")
-    header.append("MFU: a step's forward and backward FLOPs (counted, nominal convolutions) per median step time, "
-                  "over this device's measured matmul peak at the row's precision")
+    header.append("MFU: a step's forward and backward FLOPs (counted; convolution taps on padding left out) per "
+                  "median step time, over this device's measured matmul peak at the row's precision")
     sections = []
     rows = dedupe(main_rows(bench), device)
     for row in rows:
