@@ -6,7 +6,7 @@ Gupta & Efros 2015).
         a = centre patch, y ~ U{0..7}, b = neighbour y  # each moved by up to `jitter` px on both axes
                                                       # (all_neighbours: every y, 8 pairs per image)
         a, b = chromatic(a), chromatic(b)             # colour dropping or green-magenta projection
-        a, b = standardize(a), standardize(b)         # each patch to zero mean, unit std
+        a, b = standardize(a), standardize(b)         # each channel centred, each patch to unit RMS
         loss = CE(c(cat(f(a), f(b))), y)              # shared encoder, classifier on the concatenation
 
 Neighbours are numbered row-major around the centre: 0 1 2 / 3 _ 4 / 5 6 7.
